@@ -1,0 +1,516 @@
+"""The database handle: an adbapi connection pool, migrations, transactions.
+
+What it guarantees:
+
+* ``run_interaction(desc, func, *args)`` runs ``func(txn, *args)`` on a pool
+  thread inside exactly one database transaction: commit when ``func``
+  returns, rollback when it raises. Nothing of a failed interaction is
+  stored. ``func`` may be run more than once (PostgreSQL serialisation
+  failures, deadlocks and connections lost before the commit are retried), so
+  it must have no side effect outside the database; use ``txn.call_after`` for
+  work that must happen only once the commit succeeded (cache updates).
+* SQL is written once, with ``?`` placeholders; on PostgreSQL they are
+  translated to ``%s`` (and literal ``%`` escaped), outside quoted strings.
+* ``start()`` applies every ``schema/NNNN_name.sql`` file not yet recorded in
+  the ``schema_version`` table, in numeric order, each file in one transaction
+  together with its ``schema_version`` row: a failed migration leaves the
+  database at the previous version and ``start()`` fails.
+
+Engines:
+
+* SQLite (the default, nothing to install): one connection and one pool
+  thread (sqlite3 connections are not safe to share between threads), WAL
+  journal, ``BEGIN IMMEDIATE`` transactions so a writer never has to upgrade
+  a read lock. ``sqlite::memory:`` gives a private in-memory database.
+* PostgreSQL (psycopg2): a small pool, READ COMMITTED, connections that died
+  are dropped and re-opened by adbapi (``cp_reconnect``).
+
+Failures surface as the driver's exceptions (``sqlite3.Error``,
+``psycopg2.Error``) through the returned Deferred.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast
+
+import attrs
+from twisted.enterprise import adbapi
+from twisted.internet import threads
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EngineName = Literal["sqlite", "postgres"]
+
+log = Logger()
+
+# A transaction slower than this is logged: it blocks other writers.
+SLOW_TXN_LOG_SECONDS = 1.0
+# How many times one interaction is attempted on a retryable PostgreSQL error.
+MAX_TXN_ATTEMPTS = 5
+# PostgreSQL pool size: two cores here; more connections only add contention.
+PG_POOL_MIN = 1
+PG_POOL_MAX = 5
+# SQLite: how long a statement waits for another process's lock (seconds).
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+# Rows per round trip when executemany runs on PostgreSQL.
+PG_EXECUTEMANY_PAGE_SIZE = 1000
+
+_SCHEMA_FILE = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
+
+
+@lru_cache(maxsize=4096)
+def _to_pyformat(sql: str) -> str:
+    """Translate ``?`` placeholders to psycopg2's ``%s`` (not inside quotes); escape ``%``."""
+
+    def repl(m: re.Match[str]) -> str:
+        tok = m.group(0)
+        if tok == "?":
+            return "%s"
+        # psycopg2 interpolates % everywhere, quoted text included.
+        return tok.replace("%", "%%")
+
+    return re.sub(r"'(?:[^']|'')*'|\"[^\"]*\"|\?|%", repl, sql)
+
+
+class Transaction:
+    """A cursor for the duration of one ``run_interaction``.
+
+    ``execute``/``executemany`` take SQL with ``?`` placeholders. Rows come
+    back as tuples on both engines.
+    """
+
+    __slots__ = ("_cursor", "engine", "_after_callbacks")
+
+    def __init__(self, cursor: Any, engine: EngineName) -> None:
+        self._cursor = cursor
+        self.engine: EngineName = engine
+        self._after_callbacks: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement."""
+        if self.engine == "postgres":
+            self._cursor.execute(_to_pyformat(sql), tuple(params))
+        else:
+            self._cursor.execute(sql, tuple(params))
+
+    def executemany(self, sql: str, seq_of_params: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for each parameter tuple, in few round trips."""
+        if self.engine == "postgres":
+            from psycopg2.extras import execute_batch
+
+            execute_batch(
+                self._cursor,
+                _to_pyformat(sql),
+                [tuple(p) for p in seq_of_params],
+                page_size=PG_EXECUTEMANY_PAGE_SIZE,
+            )
+        else:
+            self._cursor.executemany(sql, seq_of_params)
+
+    def execute_values(
+        self, sql_prefix: str, rows: Sequence[Sequence[Any]], *, width: int, suffix: str = ""
+    ) -> None:
+        """Insert many rows with multi-row ``VALUES`` lists (much faster on PostgreSQL).
+
+        Args:
+            sql_prefix: e.g. ``"INSERT INTO t (a, b) VALUES"``.
+            rows: the value tuples, each of ``width`` items.
+            width: the number of columns per row.
+            suffix: appended after the values, e.g. ``"ON CONFLICT DO NOTHING"``.
+        """
+        if not rows:
+            return
+        if self.engine == "postgres":
+            from psycopg2.extras import execute_values
+
+            execute_values(
+                self._cursor,
+                f"{sql_prefix} %s {suffix}",
+                rows,
+                page_size=PG_EXECUTEMANY_PAGE_SIZE,
+            )
+        else:
+            placeholders = "(" + ", ".join("?" * width) + ")"
+            self._cursor.executemany(f"{sql_prefix} {placeholders} {suffix}", rows)
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return cast("tuple[Any, ...] | None", self._cursor.fetchone())
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return cast("list[tuple[Any, ...]]", self._cursor.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+    def call_after(self, func: Callable[..., object], *args: Any) -> None:
+        """Call ``func(*args)`` on the reactor thread once this transaction committed.
+
+        Not called if the transaction rolls back; a retried attempt starts
+        with an empty list.
+        """
+        self._after_callbacks.append((func, args))
+
+    def allocate_ids(self, name: str, count: int = 1) -> int:
+        """Reserve ``count`` consecutive ids of the counter ``name``; return the first.
+
+        Ids start at 1 and only grow. The counter row stays locked until the
+        transaction ends, so on PostgreSQL concurrent allocators of the same
+        counter are serialised and commit in id order (readers never see id
+        N+1 committed before N). Needs the ``id_counters`` table (0001_core).
+        """
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        self.execute(
+            "INSERT INTO id_counters (name, value) VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
+            (name,),
+        )
+        self.execute("UPDATE id_counters SET value = value + ? WHERE name = ?", (count, name))
+        self.execute("SELECT value FROM id_counters WHERE name = ?", (name,))
+        row = self.fetchone()
+        assert row is not None
+        return int(row[0]) - count + 1
+
+
+@attrs.frozen(slots=True)
+class _EngineConfig:
+    name: EngineName
+    dbapi_module: str
+    connargs: tuple[Any, ...]
+    connkw: dict[str, Any]
+    cp_min: int
+    cp_max: int
+    is_memory: bool = False
+
+
+def parse_uri(uri: str) -> _EngineConfig:
+    """Parse a database URI ("sqlite:/path", "sqlite::memory:", "postgresql://...")."""
+    if uri.startswith("sqlite:"):
+        path = uri[len("sqlite:") :]
+        if path.startswith("//"):
+            # sqlite:///abs/path style
+            path = path[2:]
+        if not path:
+            raise ValueError(f"no path in database URI {uri!r}")
+        return _EngineConfig(
+            name="sqlite",
+            dbapi_module="sqlite3",
+            connargs=(path,),
+            connkw={
+                "check_same_thread": False,
+                "isolation_level": None,
+                "timeout": SQLITE_BUSY_TIMEOUT_SECONDS,
+            },
+            cp_min=1,
+            cp_max=1,
+            is_memory=path == ":memory:",
+        )
+    if uri.startswith(("postgresql://", "postgres://")):
+        return _EngineConfig(
+            name="postgres",
+            dbapi_module="psycopg2",
+            connargs=(uri,),
+            connkw={},
+            cp_min=PG_POOL_MIN,
+            cp_max=PG_POOL_MAX,
+        )
+    raise ValueError(f"unsupported database URI {uri!r} (want sqlite:... or postgresql://...)")
+
+
+def _open_sqlite(conn: sqlite3.Connection) -> None:
+    conn.isolation_level = None
+    cur = conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # WAL makes NORMAL durable against application crashes; only power loss
+    # can lose the last transactions.
+    cur.execute("PRAGMA synchronous=NORMAL")
+    # No foreign keys: outliers and partial state reference events we lack.
+    cur.execute("PRAGMA foreign_keys=OFF")
+    cur.close()
+
+
+def _open_postgres(conn: Any) -> None:
+    conn.set_session(isolation_level="READ COMMITTED", autocommit=False)
+
+
+def _is_retryable_pg_error(exc: BaseException) -> bool:
+    code = getattr(exc, "pgcode", None)
+    # 40001 serialization_failure, 40P01 deadlock_detected
+    return code in ("40001", "40P01")
+
+
+def _statements(script: str) -> list[str]:
+    """Split an SQL script into statements (SQLite's own completeness test)."""
+    out: list[str] = []
+    buf: list[str] = []
+    for line in script.splitlines(keepends=True):
+        buf.append(line)
+        text = "".join(buf)
+        if sqlite3.complete_statement(text):
+            stmt = text.strip()
+            if stmt.rstrip(";").strip() and not _only_comments(stmt):
+                out.append(stmt)
+            buf = []
+    rest = "".join(buf).strip()
+    if rest and not _only_comments(rest):
+        raise ValueError(f"incomplete SQL statement at end of script: {rest[:80]!r}")
+    return out
+
+
+def _only_comments(text: str) -> bool:
+    return all(
+        not line.strip() or line.strip().startswith("--") for line in text.rstrip(";").splitlines()
+    )
+
+
+def _load_migrations(schema_dir: str | None = None) -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) for every schema file, sorted by version."""
+    root: Traversable = (
+        Path(schema_dir)
+        if schema_dir is not None
+        else importlib.resources.files("matrixfed.storage").joinpath("schema")
+    )
+    found: dict[int, tuple[str, str]] = {}
+    if root.is_dir():
+        for entry in root.iterdir():
+            m = _SCHEMA_FILE.match(entry.name)
+            if not m:
+                continue
+            version = int(m.group(1))
+            if version in found:
+                raise ValueError(
+                    f"two schema files for version {version}: {found[version][0]}, {entry.name}"
+                )
+            found[version] = (entry.name, entry.read_text(encoding="utf-8"))
+    return [(v, name, sql) for v, (name, sql) in sorted(found.items())]
+
+
+class Database:
+    """An adbapi pool on SQLite or PostgreSQL. See the module docstring."""
+
+    def __init__(
+        self, config: _EngineConfig, *, reactor: Any = None, schema_dir: str | None = None
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self._config = config
+        self._schema_dir = schema_dir
+        self._reactor: Any = reactor
+        self._pool: adbapi.ConnectionPool | None = None
+        self.engine: EngineName = config.name
+
+    @classmethod
+    def from_uri(cls, uri: str, *, reactor: Any = None, schema_dir: str | None = None) -> Database:
+        """Build (not open) a Database for ``uri``; call ``start()`` next.
+
+        Args:
+            uri: ``sqlite:/path/file.db``, ``sqlite::memory:``, or
+                ``postgresql://user@host:port/dbname[?options]`` (any libpq URI).
+            reactor: the reactor whose thread pool machinery to use.
+            schema_dir: read migrations from this directory instead of the
+                package's ``schema/`` (tests).
+        """
+        return cls(parse_uri(uri), reactor=reactor, schema_dir=schema_dir)
+
+    @property
+    def is_memory(self) -> bool:
+        return self._config.is_memory
+
+    async def start(self) -> None:
+        """Open the pool and apply pending migrations."""
+        if self._pool is not None:
+            return
+        cfg = self._config
+        openfun = _open_sqlite if cfg.name == "sqlite" else _open_postgres
+        pool = adbapi.ConnectionPool(  # type: ignore[no-untyped-call]
+            cfg.dbapi_module,
+            *cfg.connargs,
+            cp_min=cfg.cp_min,
+            cp_max=cfg.cp_max,
+            cp_openfun=openfun,
+            cp_reconnect=cfg.name == "postgres",
+            cp_noisy=False,
+            cp_reactor=self._reactor,
+            **cfg.connkw,
+        )
+        pool.start()  # type: ignore[no-untyped-call]
+        self._pool = pool
+        try:
+            await self.run_interaction("create_schema_version", _create_schema_version_table)
+            applied = set(await self.run_interaction("get_schema_versions", _get_versions))
+            for version, name, sql in _load_migrations(self._schema_dir):
+                if version in applied:
+                    continue
+                did = await self.run_interaction(
+                    f"migrate_{name}", _apply_migration, version, name, sql
+                )
+                if did:
+                    log.info("applied schema migration {name}", name=name)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close every connection and stop the pool's threads (blocks briefly)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()  # type: ignore[no-untyped-call]
+
+    def run_interaction(
+        self,
+        desc: str,
+        func: Callable[Concatenate[Transaction, P], R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Deferred[R]:
+        """Run ``func(txn, *args, **kwargs)`` in one transaction on a pool thread.
+
+        Args:
+            desc: a short name for logs.
+            func: runs in a pool thread; must not touch the reactor; may be
+                retried, so it must not have effects outside the database.
+
+        Returns:
+            A Deferred firing with ``func``'s result after the commit (and after
+            the transaction's ``call_after`` callbacks ran), or failing with the
+            exception ``func`` or the database raised.
+        """
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("Database is not started (or was closed)")
+        d: Deferred[tuple[R, list[tuple[Callable[..., object], tuple[Any, ...]]]]]
+        d = threads.deferToThreadPool(
+            self._reactor,
+            pool.threadpool,
+            self._run_in_thread,
+            pool,
+            desc,
+            func,
+            args,
+            kwargs,
+        )
+
+        def _after(res: tuple[R, list[tuple[Callable[..., object], tuple[Any, ...]]]]) -> R:
+            result, callbacks = res
+            for cb, cb_args in callbacks:
+                cb(*cb_args)
+            return result
+
+        return d.addCallback(_after)
+
+    def _run_in_thread(
+        self,
+        pool: adbapi.ConnectionPool,
+        desc: str,
+        func: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[R, list[tuple[Callable[..., object], tuple[Any, ...]]]]:
+        # Runs in a pool thread. adbapi gives each pool thread its own
+        # connection (pool.connect); transaction control is ours, so that
+        # retries and lost connections are handled in one place.
+        engine = self.engine
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            conn = pool.connect()  # type: ignore[no-untyped-call]
+            committing = False
+            try:
+                cursor = conn.cursor()
+                try:
+                    if engine == "sqlite":
+                        cursor.execute("BEGIN IMMEDIATE")
+                    txn = Transaction(cursor, engine)
+                    result = func(txn, *args, **kwargs)
+                finally:
+                    _close_quietly(cursor)
+                committing = True
+                conn.commit()
+                break
+            except BaseException as e:
+                lost = _connection_is_dead(conn, engine)
+                if not lost:
+                    try:
+                        conn.rollback()
+                    except Exception:
+                        lost = True
+                if lost:
+                    # Drop it: the next pool.connect() in this thread opens a new one.
+                    pool.disconnect(conn)  # type: ignore[no-untyped-call]
+                    if not committing and attempt < MAX_TXN_ATTEMPTS:
+                        log.warn("{desc}: database connection lost, retrying", desc=desc)
+                        continue
+                    raise
+                if engine == "postgres" and _is_retryable_pg_error(e):
+                    if attempt < MAX_TXN_ATTEMPTS:
+                        log.info(
+                            "{desc}: retrying after {error}", desc=desc, error=type(e).__name__
+                        )
+                        continue
+                raise
+        elapsed = time.monotonic() - start
+        if elapsed > SLOW_TXN_LOG_SECONDS:
+            log.info("slow transaction {desc}: {seconds:.2f}s", desc=desc, seconds=elapsed)
+        return result, txn._after_callbacks
+
+
+def _close_quietly(cursor: Any) -> None:
+    # Closing a cursor of a connection that died raises too; the error that
+    # killed it is the one worth reporting.
+    try:
+        cursor.close()
+    except Exception:
+        pass
+
+
+def _connection_is_dead(conn: Any, engine: EngineName) -> bool:
+    if engine != "postgres":
+        return False
+    return bool(getattr(conn, "closed", 0))
+
+
+# --- migrations -------------------------------------------------------------
+
+
+def _create_schema_version_table(txn: Transaction) -> None:
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version INTEGER NOT NULL PRIMARY KEY,"
+        " name TEXT NOT NULL,"
+        " applied_ts BIGINT NOT NULL)"
+    )
+
+
+def _get_versions(txn: Transaction) -> list[int]:
+    txn.execute("SELECT version FROM schema_version")
+    return [int(r[0]) for r in txn.fetchall()]
+
+
+def _apply_migration(txn: Transaction, version: int, name: str, sql: str) -> bool:
+    if txn.engine == "postgres":
+        # Two processes starting at once: the second waits, then sees the row.
+        txn.execute("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+    txn.execute("SELECT 1 FROM schema_version WHERE version = ?", (version,))
+    if txn.fetchone() is not None:
+        return False
+    for stmt in _statements(sql):
+        txn._cursor.execute(stmt)
+    txn.execute(
+        "INSERT INTO schema_version (version, name, applied_ts) VALUES (?, ?, ?)",
+        (version, name, int(time.time() * 1000)),
+    )
+    return True

@@ -1,0 +1,248 @@
+"""Tests for matrixfed.storage.database on SQLite and (if configured) PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.trial import unittest
+
+from matrixfed.storage.database import Database, Transaction, _statements, parse_uri
+from tests.storage.harness import PostgresMixin, SqliteMixin
+
+
+def _count(txn: Transaction, table: str) -> int:
+    txn.execute(f"SELECT COUNT(*) FROM {table}")
+    row = txn.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _versions(txn: Transaction) -> list[tuple[int, str]]:
+    txn.execute("SELECT version, name FROM schema_version ORDER BY version")
+    return [(int(v), str(n)) for v, n in txn.fetchall()]
+
+
+class DatabaseTestsMixin:
+    engine: str
+
+    # provided by the harness mixin (SqliteMixin / PostgresMixin)
+    make_database: Callable[..., Awaitable[Database]]
+
+    def _case(self) -> unittest.TestCase:
+        case: Any = self
+        return case  # type: ignore[no-any-return]
+
+    def _schema_dir(self, files: dict[str, str]) -> str:
+        path = self._case().mktemp()
+        os.makedirs(path)
+        for name, sql in files.items():
+            with open(os.path.join(path, name), "w") as f:
+                f.write(sql)
+        return path
+
+    async def test_start_applies_core_schema_once(self) -> None:
+        t = self._case()
+        db = await self.make_database()
+        versions = await db.run_interaction("v", _versions)
+        t.assertIn((1, "0001_core.sql"), versions)
+        t.assertEqual(db.engine, self.engine)
+        await db.run_interaction(
+            "ins",
+            lambda txn: txn.execute(
+                "INSERT INTO room_aliases (room_alias, room_id, servers) VALUES (?, ?, ?)",
+                ("#a:x", "!r:x", "[]"),
+            ),
+        )
+        db.close()
+
+        # Restart on the same database: nothing re-applied, data intact.
+        db2 = await self.make_database()
+        t.assertEqual(await db2.run_interaction("v", _versions), versions)
+        t.assertEqual(await db2.run_interaction("c", _count, "room_aliases"), 1)
+
+    async def test_migrations_in_order_and_failed_one_leaves_nothing(self) -> None:
+        t = self._case()
+        good = {
+            "0001_a.sql": "-- first\nCREATE TABLE a (x INTEGER NOT NULL);\n"
+            "INSERT INTO a (x) VALUES (1);\n",
+            "0002_b.sql": "CREATE TABLE b (y TEXT NOT NULL);\n",
+        }
+        schema = self._schema_dir(good)
+        db = await self.make_database(schema_dir=schema)
+        t.assertEqual(
+            await db.run_interaction("v", _versions), [(1, "0001_a.sql"), (2, "0002_b.sql")]
+        )
+        db.close()
+
+        # A third migration fails half way: its first statement is rolled back
+        # with it and the recorded version stays at 2.
+        with open(os.path.join(schema, "0003_bad.sql"), "w") as f:
+            f.write("CREATE TABLE c (z INTEGER);\nINSERT INTO no_such_table VALUES (1);\n")
+        with t.assertRaises(Exception):  # noqa: B017 (sqlite3 or psycopg2 error)
+            await self.make_database(schema_dir=schema)
+        os.unlink(os.path.join(schema, "0003_bad.sql"))
+        with open(os.path.join(schema, "0003_good.sql"), "w") as f:
+            f.write("CREATE TABLE c (z INTEGER);\n")
+        db3 = await self.make_database(schema_dir=schema)
+        t.assertEqual([v for v, _ in await db3.run_interaction("v", _versions)], [1, 2, 3])
+        t.assertEqual(await db3.run_interaction("c", _count, "a"), 1)
+
+    async def test_interaction_commits_or_rolls_back_whole(self) -> None:
+        t = self._case()
+        db = await self.make_database()
+
+        def insert_then_fail(txn: Transaction) -> None:
+            txn.executemany(
+                "INSERT INTO id_counters (name, value) VALUES (?, ?)",
+                [("a", 1), ("b", 2)],
+            )
+            raise ValueError("boom")
+
+        with t.assertRaises(ValueError):
+            await db.run_interaction("fail", insert_then_fail)
+        t.assertEqual(await db.run_interaction("c", _count, "id_counters"), 0)
+
+        def insert(txn: Transaction) -> None:
+            txn.executemany(
+                "INSERT INTO id_counters (name, value) VALUES (?, ?)",
+                [("a", 1), ("b", 2)],
+            )
+
+        await db.run_interaction("ok", insert)
+        t.assertEqual(await db.run_interaction("c", _count, "id_counters"), 2)
+
+    async def test_placeholders_and_literals(self) -> None:
+        t = self._case()
+        db = await self.make_database()
+
+        def q(txn: Transaction) -> list[tuple[Any, ...]]:
+            txn.execute_values(
+                "INSERT INTO id_counters (name, value) VALUES",
+                [("50%", 1), ("what?", 2), ("o'k", 3)],
+                width=2,
+            )
+            txn.execute(
+                "SELECT name, '?', 'a%b' FROM id_counters WHERE name LIKE '%?%' OR value = ?"
+                " ORDER BY value",
+                (3,),
+            )
+            return txn.fetchall()
+
+        rows = await db.run_interaction("q", q)
+        t.assertEqual(rows, [("what?", "?", "a%b"), ("o'k", "?", "a%b")])
+
+    async def test_allocate_ids_monotonic(self) -> None:
+        t = self._case()
+        db = await self.make_database()
+        first = await db.run_interaction("a", lambda txn: txn.allocate_ids("x", 3))
+        second = await db.run_interaction("a", lambda txn: txn.allocate_ids("x"))
+        other = await db.run_interaction("a", lambda txn: txn.allocate_ids("y", 2))
+        t.assertEqual((first, second, other), (1, 4, 1))
+
+        def alloc_then_fail(txn: Transaction) -> None:
+            txn.allocate_ids("x", 10)
+            raise ValueError("no")
+
+        with t.assertRaises(ValueError):
+            await db.run_interaction("a", alloc_then_fail)
+        t.assertEqual(await db.run_interaction("a", lambda txn: txn.allocate_ids("x")), 5)
+
+    async def test_call_after_only_on_commit(self) -> None:
+        t = self._case()
+        db = await self.make_database()
+        called: list[str] = []
+
+        def ok(txn: Transaction) -> int:
+            txn.call_after(called.append, "ok")
+            return 7
+
+        def fail(txn: Transaction) -> None:
+            txn.call_after(called.append, "fail")
+            raise ValueError()
+
+        t.assertEqual(await db.run_interaction("ok", ok), 7)
+        with t.assertRaises(ValueError):
+            await db.run_interaction("fail", fail)
+        t.assertEqual(called, ["ok"])
+
+    async def test_closed_database_refuses_work(self) -> None:
+        t = self._case()
+        db = await self.make_database()
+        db.close()
+        with t.assertRaises(RuntimeError):
+            db.run_interaction("x", _versions)
+
+
+class DatabaseSqliteTests(SqliteMixin, DatabaseTestsMixin, unittest.TestCase):
+    async def test_memory_database(self) -> None:
+        db = Database.from_uri("sqlite::memory:")
+        self.addCleanup(db.close)
+        await db.start()
+        self.assertTrue(db.is_memory)
+        self.assertEqual(await db.run_interaction("c", _count, "events"), 0)
+
+    async def test_wal_mode(self) -> None:
+        db = await self.make_database()
+
+        def mode(txn: Transaction) -> str:
+            txn.execute("PRAGMA journal_mode")
+            row = txn.fetchone()
+            assert row is not None
+            return str(row[0])
+
+        self.assertEqual(await db.run_interaction("m", mode), "wal")
+
+
+class DatabasePostgresTests(PostgresMixin, DatabaseTestsMixin, unittest.TestCase):
+    async def test_serialization_failure_is_retried(self) -> None:
+        db = await self.make_database()
+        attempts: list[int] = []
+
+        def flaky(txn: Transaction) -> int:
+            attempts.append(1)
+            txn.execute("INSERT INTO id_counters (name, value) VALUES (?, ?)", ("n", len(attempts)))
+            if len(attempts) < 3:
+                txn.execute("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '40001'; END $$")
+            return len(attempts)
+
+        self.assertEqual(await db.run_interaction("flaky", flaky), 3)
+        rows = await db.run_interaction(
+            "r", lambda txn: (txn.execute("SELECT value FROM id_counters"), txn.fetchall())[1]
+        )
+        self.assertEqual(rows, [(3,)])
+
+    async def test_lost_connection_is_replaced(self) -> None:
+        db = await self.make_database()
+        attempts: list[int] = []
+
+        def killer(txn: Transaction) -> str:
+            attempts.append(1)
+            if len(attempts) == 1:
+                txn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            txn.execute("SELECT 'alive'")
+            row = txn.fetchone()
+            assert row is not None
+            return str(row[0])
+
+        self.assertEqual(await db.run_interaction("killer", killer), "alive")
+        self.assertEqual(len(attempts), 2)
+
+
+class ParsingTests(unittest.TestCase):
+    def test_uris(self) -> None:
+        self.assertEqual(parse_uri("sqlite:/tmp/x.db").connargs, ("/tmp/x.db",))
+        self.assertEqual(parse_uri("sqlite:///tmp/x.db").connargs, ("/tmp/x.db",))
+        self.assertEqual(parse_uri("postgresql://u@h:5/d").name, "postgres")
+        with self.assertRaises(ValueError):
+            parse_uri("mysql://x")
+        with self.assertRaises(ValueError):
+            parse_uri("sqlite:")
+
+    def test_statement_splitting(self) -> None:
+        script = "-- c1\nCREATE TABLE a (x TEXT DEFAULT ';');\n\n-- c2\nCREATE INDEX i ON a (x);\n"
+        self.assertEqual(
+            _statements(script),
+            ["-- c1\nCREATE TABLE a (x TEXT DEFAULT ';');", "-- c2\nCREATE INDEX i ON a (x);"],
+        )
