@@ -101,3 +101,23 @@ class SignatureError(ValueError):
 
 class AuthError(ValueError):
     """An event is not allowed by the authorisation rules."""
+
+
+class EventSizeError(InvalidEventError):
+    """A PDU breaks a size limit (the whole PDU or one of its identifiers).
+
+    Attributes:
+        rejectable: True when the event must be kept and marked rejected instead
+            of dropped. Room versions 1-10 measured the 255 limits in code points
+            in practice (Synapse did until 2023), so an event there that fits in
+            code points but not in bytes may already be part of a room's history:
+            dropping it would break the room.
+        event: for a rejectable error raised once the event's signatures and
+            hash were checked (matrixfed.events.checks), the checked Event, so
+            the caller can store it as rejected; otherwise None.
+    """
+
+    def __init__(self, message: str, *, rejectable: bool = False, event: Any = None) -> None:
+        super().__init__(message)
+        self.rejectable = rejectable
+        self.event = event

@@ -45,13 +45,21 @@ def add_content_hash(pdu: dict[str, Any]) -> None:
     pdu["hashes"] = {"sha256": encode_base64(compute_content_hash(pdu))}
 
 
-def compute_reference_hash(pdu: dict[str, Any], room_version: RoomVersion) -> bytes:
-    """SHA-256 over the canonical JSON of the redacted event without signatures/unsigned."""
+def redacted_signing_json(pdu: dict[str, Any], room_version: RoomVersion) -> bytes:
+    """Canonical JSON of the redacted event without ``signatures`` and ``unsigned``.
+
+    These are the bytes every server signature on the event covers, and their
+    SHA-256 is the reference hash: compute them once per event for both.
+    """
     redacted = redact(pdu, room_version)
     redacted.pop("signatures", None)
     redacted.pop("unsigned", None)
-    redacted.pop("age_ts", None)
-    return hashlib.sha256(encode_canonical_json(redacted)).digest()
+    return encode_canonical_json(redacted)
+
+
+def compute_reference_hash(pdu: dict[str, Any], room_version: RoomVersion) -> bytes:
+    """SHA-256 over the canonical JSON of the redacted event without signatures/unsigned."""
+    return hashlib.sha256(redacted_signing_json(pdu, room_version)).digest()
 
 
 def event_id_from_reference_hash(reference_hash: bytes, room_version: RoomVersion) -> str:

@@ -80,7 +80,7 @@ class Event:
 
     @property
     def room_id(self) -> str:
-        room_id = self.pdu.get("room_id")
+        room_id: Any = self.pdu.get("room_id")
         if room_id is None and self.room_version.room_id_from_create:
             # v12 create events carry no room_id: it is derived from their ID.
             return room_id_from_create_event_id(self.event_id)
@@ -180,5 +180,3 @@ def _refs(value: Any, room_version: RoomVersion) -> tuple[str, ...]:
         # [[event_id, {"sha256": ...}], ...]; Synapse sometimes sends {} as hashes.
         return tuple(item[0] for item in value)
     return tuple(value)
-
-

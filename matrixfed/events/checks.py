@@ -1,0 +1,168 @@
+"""The state-free checks on a received PDU, with each encoding done once.
+
+``check_pdu`` runs steps 1-3 of server-server-api.md "Checks performed on
+receipt of a PDU" for one PDU: format (``validate_pdu``), signatures
+(``signing``), content hash (a mismatch yields the redacted event). It
+returns the ``Event`` to process further (auth rules are the caller's next
+step) or raises:
+
+- ``InvalidEventError``: malformed; drop it. An ``EventSizeError`` with
+  ``rejectable=True`` is different: its signatures and hash were checked and
+  ``error.event`` holds the event, to be stored as rejected (room versions
+  1-10, identifiers over 255 bytes but not over 255 code points).
+- ``SignatureError``: not genuine; drop it.
+
+It gives the same answers as calling ``validate_pdu``, ``Event(...)``,
+``verify_event_signatures`` and ``check_hash_or_redact`` in turn, but
+encodes the PDU twice instead of five times: once without
+hashes/signatures/unsigned (content hash, and the whole-PDU size by adding the
+small remaining members), once in redacted form (reference hash, hence the
+event ID, and the bytes every signature covers).
+
+``check_pdus`` does a list and returns one result per PDU; it has no shared
+state, so callers run chunks of a large batch on a thread pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from canonicaljson import encode_canonical_json
+from unpaddedbase64 import decode_base64
+
+from matrixfed.errors import EventSizeError, InvalidEventError, SignatureError
+from matrixfed.events.hashing import event_id_from_reference_hash
+from matrixfed.events.keys import KeyMap
+from matrixfed.events.model import Event
+from matrixfed.events.redaction import redact
+from matrixfed.events.room_versions import EventFormat, RoomVersion
+from matrixfed.events.signing import signing_servers, verify_signatures_over
+from matrixfed.events.validation import ENCODE_ERRORS, validate_pdu_with_size
+
+# Top-level keys the content hash leaves out (spec: "Calculating the content hash").
+_NOT_HASHED = ("hashes", "signatures", "unsigned")
+
+CheckResult = Event | InvalidEventError | SignatureError
+
+
+def check_pdu(
+    pdu: Any,
+    room_version: RoomVersion,
+    keys: KeyMap,
+    *,
+    backfilled: bool = False,
+) -> Event:
+    """Validate, verify and hash-check one received PDU.
+
+    Args:
+        pdu: the PDU as decoded from JSON (untrusted).
+        room_version: the version of the room it belongs to.
+        keys: verify keys, at least those ``needed_keys_for_pdus`` listed.
+        backfilled: the PDU came from backfill, state or an auth chain (no
+            auth_events/prev_events count limits).
+
+    Returns:
+        The event, or its redacted form if the content hash did not match.
+
+    Raises:
+        matrixfed.errors.InvalidEventError: malformed (see module docstring
+            for the rejectable EventSizeError).
+        matrixfed.errors.SignatureError: a required signature is missing or bad.
+    """
+    if type(pdu) is not dict:
+        raise InvalidEventError("PDU is not a JSON object")
+    try:
+        hashed_part = {k: v for k, v in pdu.items() if k not in _NOT_HASHED}
+        content_json = encode_canonical_json(hashed_part)
+        size = _whole_size(content_json, pdu)
+    except ENCODE_ERRORS as e:
+        raise InvalidEventError(f"PDU cannot be encoded as canonical JSON: {e}") from None
+
+    rejectable: EventSizeError | None = None
+    try:
+        validate_pdu_with_size(pdu, room_version, size, backfilled=backfilled)
+    except EventSizeError as e:
+        if not e.rejectable:
+            raise
+        rejectable = e
+
+    redacted = redact(pdu, room_version)
+    signatures = redacted.pop("signatures", None)
+    # Redaction never keeps ``unsigned``; the remaining dict is exactly what
+    # signatures cover and what the reference hash is taken over.
+    signing_json = encode_canonical_json(redacted)
+    if room_version.event_format is EventFormat.V1:
+        event_id: str = pdu["event_id"]
+    else:
+        event_id = event_id_from_reference_hash(hashlib.sha256(signing_json).digest(), room_version)
+
+    servers, any_server = signing_servers(pdu, room_version)
+    verify_signatures_over(
+        event_id=event_id,
+        signatures=signatures,
+        servers=servers,
+        any_server=any_server,
+        message=signing_json,
+        origin_server_ts=pdu["origin_server_ts"],
+        room_version=room_version,
+        keys=keys,
+    )
+
+    if _hash_matches(pdu["hashes"]["sha256"], content_json):
+        event = Event(pdu, room_version, event_id)
+    else:
+        redacted["signatures"] = signatures
+        event = Event(redacted, room_version, event_id)
+
+    if rejectable is not None:
+        raise EventSizeError(str(rejectable), rejectable=True, event=event)
+    return event
+
+
+def check_pdus(
+    pdus: Sequence[Any],
+    room_version: RoomVersion,
+    keys: KeyMap,
+    *,
+    backfilled: bool = False,
+) -> list[CheckResult]:
+    """``check_pdu`` over a list; one result per PDU, in order.
+
+    Returns:
+        For each PDU the Event (possibly redacted) or the InvalidEventError /
+        SignatureError it raised.
+    """
+    results: list[CheckResult] = []
+    for pdu in pdus:
+        try:
+            results.append(check_pdu(pdu, room_version, keys, backfilled=backfilled))
+        except (InvalidEventError, SignatureError) as e:
+            results.append(e)
+    return results
+
+
+def _whole_size(content_json: bytes, pdu: dict[str, Any]) -> int:
+    """Length of the canonical JSON of ``pdu`` from that of its hashed part.
+
+    Canonical JSON of an object is "{" members joined by "," "}", so putting
+    back each left-out member ``"key":value`` adds its own length plus a comma.
+    """
+    size = len(content_json)
+    added = 0
+    for key in _NOT_HASHED:
+        if key in pdu:
+            size += len(key) + 3 + len(encode_canonical_json(pdu[key]))
+            added += 1
+    if added and len(content_json) == 2:  # "{}": no comma before the first
+        added -= 1
+    return size + added
+
+
+def _hash_matches(claimed_b64: str, content_json: bytes) -> bool:
+    try:
+        claimed = decode_base64(claimed_b64)
+    except ValueError:  # binascii.Error (bad padding) and non-ASCII input
+        return False
+    return bool(claimed == hashlib.sha256(content_json).digest())
