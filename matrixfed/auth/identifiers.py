@@ -71,9 +71,8 @@ def is_valid_user_id(user_id: object) -> bool:
     Historical localparts are accepted (see the module note); the domain must be
     a valid server name and the encoded ID at most 255 bytes.
     """
-    if not is_user_id_shaped(user_id):
+    if not isinstance(user_id, str) or not is_user_id_shaped(user_id):
         return False
-    assert isinstance(user_id, str)
     if _has_surrogate(user_id) or len(user_id.encode("utf-8")) > MAX_USER_ID_BYTES:
         return False
     return is_valid_server_name(user_id.split(":", 1)[1])
