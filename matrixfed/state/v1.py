@@ -9,7 +9,9 @@ missing from some state set is not a conflict in v1). Then, in order:
   descending sha1(event_id): the first goes into R, each following one
   replaces it while it passes the authorisation rules in R; at the first
   failure the pass stops;
-- the same for ``m.room.join_rules``, then for each ``m.room.member`` key;
+- the same for ``m.room.join_rules``, then for each ``m.room.member`` key
+  (every member key against the same R, as the reference homeserver does,
+  so the result does not depend on the order of the keys);
 - every other conflicted key gets the event with the highest depth and
   lowest sha1(event_id) that passes auth in R (if none passes, the one with
   the lowest depth, as the reference homeserver does).
