@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from matrixfed.storage.database import Database
+from matrixfed.storage.store import Store
+
+if TYPE_CHECKING:
+    _TestBase = unittest.TestCase
+else:
+    _TestBase = object
 
 POSTGRES_URI = os.environ.get("MATRIXFED_TEST_POSTGRES")
 POSTGRES_SKIP_REASON = "PostgreSQL not available (MATRIXFED_TEST_POSTGRES unset)"
@@ -48,8 +55,12 @@ def _pg_admin(sql: str) -> None:
         conn.close()
 
 
-class DatabaseMixin:
-    """Provides ``make_database``; the engine comes from the concrete mixin."""
+class DatabaseMixin(_TestBase):
+    """Provides ``make_database``; the engine comes from the concrete mixin.
+
+    Test mixins derive from it (typed as a TestCase, a plain class at run
+    time, so trial does not collect the mixin itself).
+    """
 
     def database_uri(self) -> str:
         raise AssertionError("use SqliteMixin or PostgresMixin")
@@ -62,6 +73,13 @@ class DatabaseMixin:
         if start:
             await db.start()
         return db
+
+    async def make_store(self) -> Store:
+        """A Store on a fresh database, with a fake clock at t=1000s."""
+        db = await self.make_database()
+        clock = Clock()
+        clock.advance(1000)
+        return Store(db=db, clock=clock)
 
 
 class SqliteMixin(DatabaseMixin):

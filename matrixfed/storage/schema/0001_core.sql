@@ -113,9 +113,10 @@ CREATE TABLE state_groups (
     parent_group BIGINT,
     -- distance from the nearest snapshot along parent_group links
     seq BIGINT NOT NULL,
-    -- nearest ancestor-or-self at level >= 1, 2 (for choosing prev_group)
+    -- nearest ancestor-or-self at level >= 1, 2, 3 (for choosing prev_group)
     anchor1 BIGINT NOT NULL,
-    anchor2 BIGINT NOT NULL
+    anchor2 BIGINT NOT NULL,
+    anchor3 BIGINT NOT NULL
 );
 
 CREATE INDEX state_groups_room ON state_groups (room_id);

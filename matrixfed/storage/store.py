@@ -1,0 +1,19 @@
+"""``Store``: the one object the rest of matrixfed is given as ``store=``.
+
+It combines the event writer (``persist.py``), event reads (``events.py``),
+state reads (``state.py``) and rooms/aliases/memberships (``rooms.py``) over
+one ``Database``. Every method is ``async`` and runs its SQL in one
+transaction on the database's thread pool; see each module for what it
+guarantees.
+"""
+
+from __future__ import annotations
+
+from matrixfed.storage.events import EventsStoreMixin
+from matrixfed.storage.persist import PersistEventsMixin
+from matrixfed.storage.rooms import RoomStoreMixin
+from matrixfed.storage.state import StateStoreMixin
+
+
+class Store(PersistEventsMixin, EventsStoreMixin, StateStoreMixin, RoomStoreMixin):
+    """``Store(db=..., clock=...)``; call ``await db.start()`` before using it."""
