@@ -248,7 +248,7 @@ class Config:
         None,
         help="Twisted endpoint for federation "
         "(default: ssl:8448 with the TLS certificate from the data dir; 'none' disables)",
-        parse=_as_listen,
+        parse=_as_optional_str,
     )
     client_listen: str | None = option(
         DEFAULT_CLIENT_LISTEN,
@@ -381,10 +381,11 @@ class Config:
         return self.federation_listen is None and self.tls_certificate is None
 
     @property
-    def federation_listen_endpoint(self) -> str:
-        """The federation endpoint string, defaulting to TLS on port 8448."""
+    def federation_listen_endpoint(self) -> str | None:
+        """The federation endpoint string, defaulting to TLS on port 8448; None if
+        disabled ("none")."""
         if self.federation_listen is not None:
-            return self.federation_listen
+            return None if self.federation_listen.lower() == "none" else self.federation_listen
         return (
             f"ssl:{DEFAULT_FEDERATION_PORT}"
             f":privateKey={_quote_endpoint_arg(self.tls_private_key_file)}"

@@ -93,6 +93,14 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(config.max_request_body_size, 1024 * 1024)
         self.assertFalse(config.uses_generated_tls)
 
+    def test_listeners_can_be_disabled(self) -> None:
+        config = parse(["--server-name=a", "--federation-listen=none", "--client-listen=None"])
+        self.assertIsNone(config.federation_listen_endpoint)
+        self.assertIsNone(config.client_listen)
+        self.assertIsNone(
+            Config(server_name="a", federation_listen="none").federation_listen_endpoint
+        )
+
     def test_data_dir_paths_are_endpoint_quoted(self) -> None:
         config = Config(server_name="a.example", data_dir="/tmp/we:ird=dir\\x")
         args, kwargs = _parse(config.federation_listen_endpoint)

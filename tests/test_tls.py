@@ -91,6 +91,7 @@ class ListenerHandshakeTests(unittest.TestCase):
     to clients that send no SNI, as Synapse does for IP-literal names."""
 
     async def _handshake(self, config: Config, trust_pem: bytes) -> _Reader:
+        assert config.federation_listen_endpoint is not None
         endpoint_s = config.federation_listen_endpoint.replace(
             "ssl:8448:", "ssl:0:interface=127.0.0.1:"
         )
