@@ -421,7 +421,7 @@ class FederationClient:
             ) from e
         headers = Headers(
             {
-                b"Host": [resolved.host_header.encode("idna")],
+                b"Host": [resolved.host_header.encode("ascii")],
                 b"User-Agent": [self._user_agent],
             }
         )
