@@ -29,10 +29,10 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from canonicaljson import encode_canonical_json
-from unpaddedbase64 import decode_base64
+from unpaddedbase64 import decode_base64, encode_base64
 
 from matrixfed.errors import EventSizeError, InvalidEventError, SignatureError
+from matrixfed.events.canonical import encode_canonical
 from matrixfed.events.hashing import event_id_from_reference_hash
 from matrixfed.events.keys import KeyMap
 from matrixfed.events.model import Event
@@ -75,7 +75,7 @@ def check_pdu(
         raise InvalidEventError("PDU is not a JSON object")
     try:
         hashed_part = {k: v for k, v in pdu.items() if k not in _NOT_HASHED}
-        content_json = encode_canonical_json(hashed_part)
+        content_json = encode_canonical(hashed_part)
         size = _whole_size(content_json, pdu)
     except ENCODE_ERRORS as e:
         raise InvalidEventError(f"PDU cannot be encoded as canonical JSON: {e}") from None
@@ -92,7 +92,7 @@ def check_pdu(
     signatures = redacted.pop("signatures", None)
     # Redaction never keeps ``unsigned``; the remaining dict is exactly what
     # signatures cover and what the reference hash is taken over.
-    signing_json = encode_canonical_json(redacted)
+    signing_json = encode_canonical(redacted)
     if room_version.event_format is EventFormat.V1:
         event_id: str = pdu["event_id"]
     else:
@@ -146,23 +146,29 @@ def check_pdus(
 def _whole_size(content_json: bytes, pdu: dict[str, Any]) -> int:
     """Length of the canonical JSON of ``pdu`` from that of its hashed part.
 
-    Canonical JSON of an object is "{" members joined by "," "}", so putting
-    back each left-out member ``"key":value`` adds its own length plus a comma.
+    Canonical JSON of an object is "{", its members sorted and joined by ",",
+    then "}"; the length does not depend on the order. So the whole PDU is the
+    hashed part's members plus the left-out members, encoded together as one
+    small object: the two lengths minus one pair of braces, plus a comma when
+    both sides have members.
     """
-    size = len(content_json)
-    added = 0
-    for key in _NOT_HASHED:
-        if key in pdu:
-            size += len(key) + 3 + len(encode_canonical_json(pdu[key]))
-            added += 1
-    if added and len(content_json) == 2:  # "{}": no comma before the first
-        added -= 1
-    return size + added
+    rest = {key: pdu[key] for key in _NOT_HASHED if key in pdu}
+    if not rest:
+        return len(content_json)
+    rest_len = len(encode_canonical(rest))
+    if len(content_json) == 2:  # "{}"
+        return rest_len
+    return len(content_json) + rest_len - 1
 
 
 def _hash_matches(claimed_b64: str, content_json: bytes) -> bool:
+    digest = hashlib.sha256(content_json).digest()
+    # Fast path: the sender wrote the hash as we would (unpadded standard base64).
+    if encode_base64(digest) == claimed_b64:
+        return True
+    # Otherwise decode leniently, as signedjson/Synapse do, and compare bytes.
     try:
         claimed = decode_base64(claimed_b64)
     except ValueError:  # binascii.Error (bad padding) and non-ASCII input
         return False
-    return bool(claimed == hashlib.sha256(content_json).digest())
+    return bool(claimed == digest)

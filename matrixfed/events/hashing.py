@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from canonicaljson import encode_canonical_json
 from unpaddedbase64 import decode_base64, encode_base64
 
+from matrixfed.events.canonical import encode_canonical
 from matrixfed.events.redaction import redact
 from matrixfed.events.room_versions import EventFormat, RoomVersion
 
@@ -22,7 +22,7 @@ _NOT_HASHED = ("unsigned", "signatures", "hashes")
 def compute_content_hash(pdu: dict[str, Any]) -> bytes:
     """SHA-256 over the canonical JSON of ``pdu`` without unsigned, signatures, hashes."""
     stripped = {k: v for k, v in pdu.items() if k not in _NOT_HASHED}
-    return hashlib.sha256(encode_canonical_json(stripped)).digest()
+    return hashlib.sha256(encode_canonical(stripped)).digest()
 
 
 def check_content_hash(pdu: dict[str, Any]) -> bool:
@@ -54,7 +54,7 @@ def redacted_signing_json(pdu: dict[str, Any], room_version: RoomVersion) -> byt
     redacted = redact(pdu, room_version)
     redacted.pop("signatures", None)
     redacted.pop("unsigned", None)
-    return encode_canonical_json(redacted)
+    return encode_canonical(redacted)
 
 
 def compute_reference_hash(pdu: dict[str, Any], room_version: RoomVersion) -> bytes:

@@ -21,10 +21,18 @@ _SERVER_NAME_RE = re.compile(
     re.ASCII,
 )
 
+# spec: appendices "Historical User IDs": "@", a localpart without ":" or NUL
+# (possibly empty), ":", a server name. Lone surrogates are caught by utf8_len.
+USER_ID_RE = re.compile(
+    r"@[^:\x00]*:(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.\-]{1,255})(?::[0-9]{1,5})?"
+)
+
 # A SHA-256 reference hash in unpadded base64 is 43 characters.
 _HASH_B64_LEN = 43
-_STD_B64_RE = re.compile(rf"[A-Za-z0-9+/]{{{_HASH_B64_LEN}}}", re.ASCII)
-_URLSAFE_B64_RE = re.compile(rf"[A-Za-z0-9_\-]{{{_HASH_B64_LEN}}}", re.ASCII)
+# Event IDs of room version 3 (standard alphabet) and 4+ (URL-safe); v12 room IDs.
+HASH_EVENT_ID_STD_RE = re.compile(rf"\$[A-Za-z0-9+/]{{{_HASH_B64_LEN}}}", re.ASCII)
+HASH_EVENT_ID_URLSAFE_RE = re.compile(rf"\$[A-Za-z0-9_\-]{{{_HASH_B64_LEN}}}", re.ASCII)
+HASH_ROOM_ID_RE = re.compile(rf"![A-Za-z0-9_\-]{{{_HASH_B64_LEN}}}", re.ASCII)
 
 
 def is_valid_server_name(name: str) -> bool:
@@ -64,12 +72,7 @@ def is_valid_user_id(user_id: str, *, check_length: bool = True) -> bool:
         check_length: False to check the grammar only (PDU validation applies
             the length limit itself, per room version).
     """
-    if not user_id.startswith("@"):
-        return False
-    localpart, sep, domain = user_id[1:].partition(":")
-    if not sep or "\x00" in localpart:
-        return False
-    if not is_valid_server_name(domain):
+    if USER_ID_RE.fullmatch(user_id) is None:
         return False
     n = utf8_len(user_id)
     return n >= 0 and (not check_length or n <= MAX_ID_BYTES)
@@ -98,17 +101,13 @@ def is_valid_hash_event_id(event_id: str, *, urlsafe: bool) -> bool:
         event_id: the candidate.
         urlsafe: True for room versions 4+ (URL-safe alphabet), False for v3.
     """
-    if len(event_id) != _HASH_B64_LEN + 1 or event_id[0] != "$":
-        return False
-    pattern = _URLSAFE_B64_RE if urlsafe else _STD_B64_RE
-    return pattern.fullmatch(event_id, 1) is not None
+    pattern = HASH_EVENT_ID_URLSAFE_RE if urlsafe else HASH_EVENT_ID_STD_RE
+    return pattern.fullmatch(event_id) is not None
 
 
 def is_valid_hash_room_id(room_id: str) -> bool:
     """Room version 12: ``!`` and the URL-safe unpadded base64 of a SHA-256 hash."""
-    if len(room_id) != _HASH_B64_LEN + 1 or room_id[0] != "!":
-        return False
-    return _URLSAFE_B64_RE.fullmatch(room_id, 1) is not None
+    return HASH_ROOM_ID_RE.fullmatch(room_id) is not None
 
 
 def is_valid_domain_room_id(room_id: str, *, check_length: bool = True) -> bool:

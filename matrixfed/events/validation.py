@@ -30,15 +30,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from canonicaljson import encode_canonical_json
-
 from matrixfed.errors import EventSizeError, InvalidEventError
+from matrixfed.events.canonical import encode_canonical
 from matrixfed.events.identifiers import (
+    HASH_EVENT_ID_STD_RE,
+    HASH_EVENT_ID_URLSAFE_RE,
+    HASH_ROOM_ID_RE,
     MAX_ID_BYTES,
+    USER_ID_RE,
     is_valid_domain_room_id,
-    is_valid_hash_event_id,
-    is_valid_hash_room_id,
-    is_valid_user_id,
     is_valid_v1_event_id,
     utf8_len,
 )
@@ -66,6 +66,28 @@ _CODEPOINT_LIMIT_VERSIONS = frozenset({"1", "2", "3", "4", "5", "6", "7", "8", "
 # circular data (ValueError), lone surrogates (UnicodeEncodeError, a
 # ValueError), non-JSON types or mixed key types (TypeError), deep nesting.
 ENCODE_ERRORS = (ValueError, TypeError, RecursionError)
+
+
+# Identifiers this short cannot exceed MAX_ID_BYTES (4 bytes per code point at
+# most); lone surrogates in them are caught when the PDU is encoded.
+_SHORT = MAX_ID_BYTES // 4
+
+# Top-level members whose whole value the field checks have typed as strings,
+# in-range integers or lists/objects of strings (room versions 6+ only, whose
+# references are event ID strings). The strict canonical JSON walk skips them.
+_TYPED_MEMBERS = frozenset(
+    {
+        "type",
+        "sender",
+        "room_id",
+        "state_key",
+        "origin_server_ts",
+        "depth",
+        "signatures",
+        "prev_events",
+        "auth_events",
+    }
+)
 
 
 class _NotStrict(Exception):
@@ -120,10 +142,11 @@ def validate_pdu_with_size(
     pending: list[str] = []
 
     event_type = _str_field(pdu, "type")
-    _check_id_size("type", event_type, lenient, pending)
+    if len(event_type) > _SHORT:
+        _check_id_size("type", event_type, lenient, pending)
 
     sender = _str_field(pdu, "sender")
-    if not is_valid_user_id(sender, check_length=False):
+    if USER_ID_RE.fullmatch(sender) is None:
         raise InvalidEventError(f"sender {sender!r} is not a valid user ID")
     _check_id_size("sender", sender, lenient, pending)
 
@@ -139,7 +162,8 @@ def validate_pdu_with_size(
         state_key = pdu["state_key"]
         if type(state_key) is not str:
             raise InvalidEventError("state_key is not a string")
-        _check_id_size("state_key", state_key, lenient, pending)
+        if len(state_key) > _SHORT:
+            _check_id_size("state_key", state_key, lenient, pending)
 
     if type(pdu.get("content")) is not dict:
         raise InvalidEventError("content is missing or not a JSON object")
@@ -173,7 +197,8 @@ def validate_pdu_with_size(
 
     if room_version.strict_canonical_json:
         try:
-            _walk_strict_dict(pdu)
+            # Members checked above hold only strings and in-range integers.
+            _walk_strict_dict({k: v for k, v in pdu.items() if k not in _TYPED_MEMBERS})
         except _NotStrict as e:
             where = ".".join(reversed(e.path)) or "PDU"
             raise InvalidEventError(f"{where}: {e.reason} (strict canonical JSON)") from None
@@ -182,7 +207,7 @@ def validate_pdu_with_size(
 
     if canonical_size is None:
         try:
-            canonical_size = len(encode_canonical_json(pdu))
+            canonical_size = len(encode_canonical(pdu))
         except ENCODE_ERRORS as e:
             raise InvalidEventError(f"PDU cannot be encoded as canonical JSON: {e}") from None
     check_pdu_size(canonical_size)
@@ -235,7 +260,7 @@ def _check_room_id(
                 _check_id_size("room_id", _str_field(pdu, "room_id"), False, pending)
             return
         room_id = _str_field(pdu, "room_id")
-        if not is_valid_hash_room_id(room_id):
+        if HASH_ROOM_ID_RE.fullmatch(room_id) is None:
             raise InvalidEventError(
                 f"room_id {room_id!r} is not '!' and the URL-safe base64 hash of a create event"
             )
@@ -291,9 +316,9 @@ def _check_refs(
             if "sha256" in hashes and type(hashes["sha256"]) is not str:
                 raise InvalidEventError(f"{key} entry for {event_id} has a non-string sha256")
         return
-    urlsafe = fmt is EventFormat.V3
+    match = (HASH_EVENT_ID_URLSAFE_RE if fmt is EventFormat.V3 else HASH_EVENT_ID_STD_RE).fullmatch
     for ref in refs:
-        if type(ref) is not str or not is_valid_hash_event_id(ref, urlsafe=urlsafe):
+        if type(ref) is not str or match(ref) is None:
             raise InvalidEventError(
                 f"{key} entry {ref!r} is not an event ID of room version {room_version.identifier}"
             )

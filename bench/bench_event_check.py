@@ -1,0 +1,237 @@
+"""How fast is the full check of one received event, against bare ed25519?
+
+Builds a synthetic room version 12 room with 10,000 members (create, power
+levels, join rules, then one join per member, signed by a handful of servers,
+each citing its auth events), serialises every PDU to JSON as it would arrive
+and measures, on one core:
+
+(a) the bare ed25519 verify rate of this machine: PyNaCl ``VerifyKey.verify``
+    over the signed bytes of a typical member event;
+(b) the full check of one received event: format validation, event ID,
+    signature verification, content hash (``matrixfed.events.checks.check_pdu``),
+    plus the auth rules against its auth events when ``matrixfed.auth.rules``
+    is importable; in events per second, and as a fraction of (a).
+
+The goal is (b) >= 50% of (a). ``--profile`` prints where the rest goes.
+Everything runs on one thread. The three measures are interleaved in short
+rounds and each keeps its fastest round (medians are printed as well): the
+machine is shared, and the fastest round is the one the neighbours disturbed
+least. ``--threads N`` adds a run of ``check_pdus`` on N threads.
+This is a benchmark, not a test: it prints numbers and asserts nothing.
+
+    /work/venv/bin/python bench/bench_event_check.py [--members N] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import hashlib
+import json
+import pstats
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from signedjson.key import decode_signing_key_base64, get_verify_key
+from signedjson.types import SigningKey
+from unpaddedbase64 import decode_base64, encode_base64
+
+from matrixfed.events.checks import check_pdu, check_pdus
+from matrixfed.events.hashing import compute_event_id, redacted_signing_json
+from matrixfed.events.keys import KeyMap, ServerVerifyKey
+from matrixfed.events.model import Event
+from matrixfed.events.room_versions import get_room_version
+from matrixfed.events.signing import sign_event
+
+try:
+    from matrixfed.auth.rules import check_auth, check_auth_events_refs
+
+    HAVE_AUTH = True
+except ImportError:  # the auth rules land separately
+    HAVE_AUTH = False
+
+RV = get_room_version("12")
+SERVERS = [f"s{i}.example" for i in range(5)]
+CREATOR = "@creator:s0.example"
+TS0 = 1_790_000_000_000
+# Events per measured round, and passes over the whole room.
+ROUND = 250
+PASSES = 2
+
+
+def signing_key(server: str) -> SigningKey:
+    seed = hashlib.sha256(f"bench/{server}".encode()).digest()
+    key: SigningKey = decode_signing_key_base64("ed25519", "k1", encode_base64(seed))
+    return key
+
+
+def build_room(members: int) -> tuple[list[dict[str, Any]], KeyMap]:
+    keys = {s: signing_key(s) for s in SERVERS}
+    key_map: dict[str, dict[str, ServerVerifyKey]] = {
+        s: {"ed25519:k1": ServerVerifyKey(s, "ed25519:k1", get_verify_key(k), 2**53 - 1)}  # type: ignore[arg-type]
+        for s, k in keys.items()
+    }
+    pdus: list[dict[str, Any]] = []
+    room_id = ""
+    prev: list[str] = []
+
+    def add(event_type: str, sender: str, content: dict[str, Any], state_key: str,
+            auth: list[str]) -> str:  # fmt: skip
+        nonlocal prev
+        server = sender.split(":", 1)[1]
+        pdu: dict[str, Any] = {
+            "type": event_type,
+            "sender": sender,
+            "state_key": state_key,
+            "content": content,
+            "origin_server_ts": TS0 + len(pdus),
+            "depth": len(pdus) + 1,
+            "prev_events": prev,
+            "auth_events": auth,
+        }
+        if room_id:
+            pdu["room_id"] = room_id
+        sign_event(pdu, RV, server, keys[server])
+        pdu["unsigned"] = {"age": 1234}
+        event_id = compute_event_id(pdu, RV)
+        pdus.append(pdu)
+        prev = [event_id]
+        return event_id
+
+    create_id = add("m.room.create", CREATOR, {"room_version": "12"}, "", [])
+    room_id = "!" + create_id[1:]
+    creator_join = add("m.room.member", CREATOR, {"membership": "join", "displayname": "creator"},
+                       CREATOR, [])  # fmt: skip
+    pl = add(
+        "m.room.power_levels",
+        CREATOR,
+        {"users": {}, "users_default": 0, "events_default": 0, "state_default": 50,
+         "ban": 50, "kick": 50, "redact": 50, "invite": 0,
+         "events": {"m.room.name": 50, "m.room.power_levels": 100}},
+        "",
+        [creator_join],
+    )  # fmt: skip
+    join_rules = add("m.room.join_rules", CREATOR, {"join_rule": "public"}, "", [pl, creator_join])
+    for i in range(members):
+        user = f"@user{i}:{SERVERS[i % len(SERVERS)]}"
+        add(
+            "m.room.member",
+            user,
+            {"membership": "join", "displayname": f"User number {i}", "avatar_url": None},
+            user,
+            [pl, join_rules],
+        )
+    return pdus, key_map
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--members", type=int, default=10_000)
+    parser.add_argument("--profile", action="store_true", help="cProfile the full check")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="also run check_pdus on this many threads (uses more cores)")  # fmt: skip
+    args = parser.parse_args(argv)
+
+    t = time.perf_counter()
+    pdus, keys = build_room(args.members)
+    wire = [json.dumps(p) for p in pdus]  # as received: fresh dicts per check
+    print(f"built {len(pdus)} signed events in {time.perf_counter() - t:.1f}s "
+          f"(room version {RV.identifier}, {len(SERVERS)} servers)")  # fmt: skip
+
+    members = [json.loads(w) for w in wire[4:]]
+    typical = members[len(members) // 2]
+    server = typical["sender"].split(":", 1)[1]
+    message = redacted_signing_json(typical, RV)
+    signature = decode_base64(typical["signatures"][server]["ed25519:k1"])
+    verify_key = keys[server]["ed25519:k1"].verify_key
+    print(f"typical member event: {len(json.dumps(typical))} bytes of JSON, "
+          f"{len(message)} signed bytes")  # fmt: skip
+
+    # (b) the full check: format + event ID + signatures + hash (+ auth)
+    by_id: dict[str, Event] = {}
+    for w in wire[:4]:
+        e = Event(json.loads(w), RV)
+        by_id[e.event_id] = e
+    create = next(iter(by_id.values()))
+    create_key = ("m.room.create", "")
+
+    def full_check(pdu: dict[str, Any]) -> None:
+        event = check_pdu(pdu, RV, keys)
+        if HAVE_AUTH:
+            auth_events = {i: by_id[i] for i in event.auth_event_ids}
+            check_auth_events_refs(event, auth_events)
+            state = {e.state_tuple: e for e in auth_events.values()}
+            state[create_key] = create
+            check_auth(event, state)
+
+    def check_only(pdu: dict[str, Any]) -> None:
+        check_pdu(pdu, RV, keys)
+
+    # Short rounds, interleaved, over every member event (each parsed afresh
+    # so nothing is warm): (a), check_pdu alone, (b). The machine is shared,
+    # so each measure keeps its fastest round, the one least disturbed by the
+    # neighbours; medians are printed too.
+    member_wire = wire[4:]
+    times: dict[str, list[float]] = {"bare": [], "pdu": [], "full": []}
+    for _ in range(PASSES):
+        for i in range(0, len(member_wire), ROUND):
+            chunk = member_wire[i : i + ROUND]
+            n = len(chunk)
+            start = time.perf_counter()
+            for _ in range(n):
+                verify_key.verify(message, signature)
+            times["bare"].append((time.perf_counter() - start) / n)
+            for name, fn in (("pdu", check_only), ("full", full_check)):
+                batch = [json.loads(w) for w in chunk]
+                start = time.perf_counter()
+                for pdu in batch:
+                    fn(pdu)
+                times[name].append((time.perf_counter() - start) / n)
+    best = {k: 1 / min(v) for k, v in times.items()}
+    median = {k: 1 / statistics.median(v) for k, v in times.items()}
+    bare_rate, pdu_rate, check_rate = best["bare"], best["pdu"], best["full"]
+    parse_start = time.perf_counter()
+    for w in wire:
+        json.loads(w)
+    parse_rate = len(wire) / (time.perf_counter() - parse_start)
+
+    print()
+    print(f"(a) bare ed25519 verify (PyNaCl VerifyKey.verify): {bare_rate:10.0f} /s "
+          f"({1e6 / bare_rate:.1f} us each)")  # fmt: skip
+    print(f"    check_pdu only (format+id+sigs+hash):          {pdu_rate:10.0f} /s "
+          f"({1e6 / pdu_rate:.1f} us each, {pdu_rate / bare_rate:.0%} of (a))")  # fmt: skip
+    label = "check_pdu + auth rules" if HAVE_AUTH else "check_pdu (auth rules not available)"
+    print(f"(b) full check, {label + ':':34s} {check_rate:10.0f} /s "
+          f"({1e6 / check_rate:.1f} us each)")  # fmt: skip
+    print(f"    ratio (b)/(a): {check_rate / bare_rate:.0%}  (goal: >= 50%)")
+    print(f"    medians over rounds: (a) {median['bare']:.0f} /s, check_pdu {median['pdu']:.0f} /s, "
+          f"(b) {median['full']:.0f} /s, ratio {median['full'] / median['bare']:.0%}")  # fmt: skip
+    print(f"    for scale, json.loads of one PDU (not part of (b)): {1e6 / parse_rate:.1f} us")
+
+    if args.threads:
+        chunks = [members[i :: args.threads] for i in range(args.threads)]
+        fresh = [[json.loads(json.dumps(p)) for p in c] for c in chunks]
+        start = time.perf_counter()
+        with ThreadPoolExecutor(args.threads) as pool:
+            list(pool.map(lambda c: check_pdus(c, RV, keys), fresh))
+        rate = len(members) / (time.perf_counter() - start)
+        print(f"    check_pdus on {args.threads} threads: {rate:10.0f} /s "
+              f"({rate / pdu_rate:.2f}x one thread)")  # fmt: skip
+
+    if args.profile:
+        batch = [json.loads(w) for w in wire[4:]]
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for pdu in batch:
+            full_check(pdu)
+        profiler.disable()
+        print()
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()
