@@ -151,13 +151,6 @@ def _as_optional_str(value: object) -> str | None:
     return _as_str(value)
 
 
-def _as_listen(value: object) -> str | None:
-    # "none" disables a listener (embedding, tests).
-    if value is None or (isinstance(value, str) and value.lower() == "none"):
-        return None
-    return _as_str(value)
-
-
 def _as_bool(value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -253,7 +246,7 @@ class Config:
     client_listen: str | None = option(
         DEFAULT_CLIENT_LISTEN,
         help="Twisted endpoint for the client API ('none' disables)",
-        parse=_as_listen,
+        parse=_as_optional_str,
     )
     database: str | None = option(
         None,
@@ -377,8 +370,10 @@ class Config:
 
     @property
     def uses_generated_tls(self) -> bool:
-        """True when the federation listener uses a certificate we generate."""
-        return self.federation_listen is None and self.tls_certificate is None
+        """True when no certificate is configured: one is generated in the data dir
+        (``tls.crt``/``tls.key``) for the default listener, or for an explicit
+        ``--federation-listen ssl:...`` endpoint that names those files."""
+        return self.tls_certificate is None
 
     @property
     def federation_listen_endpoint(self) -> str | None:
@@ -391,6 +386,13 @@ class Config:
             f":privateKey={_quote_endpoint_arg(self.tls_private_key_file)}"
             f":certKey={_quote_endpoint_arg(self.tls_certificate_file)}"
         )
+
+    @property
+    def client_listen_endpoint(self) -> str | None:
+        """The client API endpoint string; None if disabled (None or "none")."""
+        if self.client_listen is None or self.client_listen.lower() == "none":
+            return None
+        return self.client_listen
 
     @property
     def database_uri(self) -> str:

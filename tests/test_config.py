@@ -72,6 +72,8 @@ class OptionsTests(unittest.TestCase):
                 "--client-listen=none",
                 "--database=postgresql://postgres@127.0.0.1/test",
                 "--federation-ca=/tmp/ca.pem",
+                "--tls-certificate=/tmp/c.pem",
+                "--tls-private-key=/tmp/k.pem",
                 "--no-federation-verify-tls",
                 "--federation-allow-private",
                 "--trusted-key-server=a.example",
@@ -82,7 +84,7 @@ class OptionsTests(unittest.TestCase):
             ]
         )
         self.assertEqual(config.federation_listen_endpoint, "tcp:0:interface=127.0.0.1")
-        self.assertIsNone(config.client_listen)
+        self.assertIsNone(config.client_listen_endpoint)
         self.assertEqual(config.database_uri, "postgresql://postgres@127.0.0.1/test")
         self.assertEqual(config.federation_ca, "/tmp/ca.pem")
         self.assertFalse(config.federation_verify_tls)
@@ -96,7 +98,8 @@ class OptionsTests(unittest.TestCase):
     def test_listeners_can_be_disabled(self) -> None:
         config = parse(["--server-name=a", "--federation-listen=none", "--client-listen=None"])
         self.assertIsNone(config.federation_listen_endpoint)
-        self.assertIsNone(config.client_listen)
+        self.assertIsNone(config.client_listen_endpoint)
+        self.assertIsNone(Config(server_name="a", client_listen=None).client_listen_endpoint)
         self.assertIsNone(
             Config(server_name="a", federation_listen="none").federation_listen_endpoint
         )
