@@ -26,6 +26,10 @@ class LruCache(Generic[K, V]):
         self._data: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
 
+    @property
+    def max_size(self) -> int:
+        return self._max
+
     def get(self, key: K) -> V | None:
         with self._lock:
             value = self._data.get(key)

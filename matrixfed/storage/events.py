@@ -171,6 +171,7 @@ class EventsStoreMixin(StoreBase):
 
         def txn_fn(txn: Transaction) -> set[str]:
             out: set[str] = set()
+            txn.prefer_index_lookups()
             for chunk in _chunks(ids):
                 txn.execute(
                     "WITH RECURSIVE chain(id) AS ("

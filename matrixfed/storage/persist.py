@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -104,9 +104,9 @@ class EventWithContext:
     state_parent_hint: int | None = None
 
 
-@attrs.frozen(slots=True)
-class PersistedEvent:
-    """Where a newly stored event went.
+class PersistedEvent(NamedTuple):
+    """Where a newly stored event went (immutable; a NamedTuple because a join
+    makes tens of thousands of them).
 
     ``state_group_before``/``after`` are None for outliers.
     """
@@ -254,11 +254,13 @@ def _persist_txn(
     )
     if new_cur is not None and new_cur != old_cur:
         assert cur_delta is not None
-        _apply_current_state(txn, room_id, cur_delta, batch)
+        _apply_current_state(txn, room_id, cur_delta, batch, fresh=old_cur is None)
         txn.execute(
             "UPDATE rooms SET current_state_group = ? WHERE room_id = ?", (real(new_cur), room_id)
         )
-    txn.call_after(event_cache.set_many, [(i.event.event_id, i.event) for i in written])
+    # Only as many as the cache holds: the rest would be evicted at once.
+    cached = written[-event_cache.max_size :] if event_cache.max_size else []
+    txn.call_after(event_cache.set_many, [(i.event.event_id, i.event) for i in cached])
     return results
 
 
@@ -427,6 +429,24 @@ def _group_of_extremities(
     raise StateResolutionRequired(room_id, extremities)
 
 
+_EVENT_COLUMNS = (
+    "event_id",
+    "room_id",
+    "stream_ordering",
+    "type",
+    "state_key",
+    "sender",
+    "membership",
+    "depth",
+    "origin_server_ts",
+    "received_ts",
+    "json",
+    "rejected_reason",
+    "soft_failed",
+    "outlier",
+)
+
+
 def _write_events(
     txn: Transaction,
     room_id: str,
@@ -475,17 +495,9 @@ def _write_events(
         auth_rows.extend((eid, a) for a in dict.fromkeys(ev.auth_event_ids))
         if ev.type == "m.room.redaction" and ev.redacts is not None:
             redaction_rows.append((eid, ev.redacts))
-    txn.execute_values(
-        "INSERT INTO events (event_id, room_id, stream_ordering, type, state_key, sender,"
-        " membership, depth, origin_server_ts, received_ts, json, rejected_reason,"
-        " soft_failed, outlier) VALUES",
-        event_rows,
-        width=14,
-    )
-    txn.execute_values(
-        "INSERT INTO event_edges (event_id, prev_event_id) VALUES", edge_rows, width=2
-    )
-    txn.execute_values("INSERT INTO event_auth (event_id, auth_id) VALUES", auth_rows, width=2)
+    txn.copy_rows("events", _EVENT_COLUMNS, event_rows)
+    txn.copy_rows("event_edges", ("event_id", "prev_event_id"), edge_rows)
+    txn.copy_rows("event_auth", ("event_id", "auth_id"), auth_rows)
     txn.execute_values(
         "INSERT INTO redactions (event_id, redacts) VALUES",
         redaction_rows,
@@ -507,11 +519,8 @@ def _write_events(
             ],
         )
     sg_rows = [(eid, real(b), real(a)) for eid, (b, a) in groups.items()]
-    txn.execute_values(
-        "INSERT INTO event_to_state_groups (event_id, state_group_before, state_group_after)"
-        " VALUES",
-        sg_rows,
-        width=3,
+    txn.copy_rows(
+        "event_to_state_groups", ("event_id", "state_group_before", "state_group_after"), sg_rows
     )
     out: list[PersistedEvent] = []
     for item in written:
@@ -530,8 +539,14 @@ def _write_events(
 
 
 def _apply_current_state(
-    txn: Transaction, room_id: str, delta: StateDelta, batch: Mapping[str, EventWithContext]
+    txn: Transaction,
+    room_id: str,
+    delta: StateDelta,
+    batch: Mapping[str, EventWithContext],
+    *,
+    fresh: bool,
 ) -> None:
+    """Apply ``delta`` to current_state_events (``fresh``: the room has no rows yet)."""
     removed = [(room_id, t, sk) for (t, sk), eid in delta.items() if eid is None]
     if removed:
         txn.executemany(
@@ -556,9 +571,15 @@ def _apply_current_state(
             f"SELECT event_id, membership FROM events WHERE event_id IN ({_in(len(chunk))})", chunk
         )
         memberships.update({eid: m for eid, m in txn.fetchall()})
+    rows = [(room_id, t, sk, eid, memberships.get(eid)) for (t, sk), eid in changed]
+    if fresh:
+        txn.copy_rows(
+            "current_state_events", ("room_id", "type", "state_key", "event_id", "membership"), rows
+        )
+        return
     txn.execute_values(
         "INSERT INTO current_state_events (room_id, type, state_key, event_id, membership) VALUES",
-        [(room_id, t, sk, eid, memberships.get(eid)) for (t, sk), eid in changed],
+        rows,
         width=5,
         suffix="ON CONFLICT (room_id, type, state_key) DO UPDATE SET"
         " event_id = excluded.event_id, membership = excluded.membership",

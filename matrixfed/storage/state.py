@@ -133,6 +133,7 @@ def _load_chain_delta(txn: Transaction, start: int, stop: int | None) -> tuple[S
         ``stop``). With ``stop`` None the chain runs to the snapshot and the
         overrides are the full state (with None for nothing).
     """
+    txn.prefer_index_lookups()
     txn.execute(_CHAIN_SQL, (start, -1 if stop is None else stop))
     rows = txn.fetchall()
     if not rows:
@@ -388,17 +389,14 @@ class StateGroupBuilder:
                 if eid is None and m.prev_group is None:
                     continue  # a snapshot needs no tombstones
                 state_rows.append((gid, typ, sk, eid))
-        self._txn.execute_values(
-            "INSERT INTO state_groups (id, room_id, prev_group, parent_group, seq, "
-            + ", ".join(f"anchor{k}" for k in range(1, DELTA_LEVELS + 1))
-            + ") VALUES",
+        self._txn.copy_rows(
+            "state_groups",
+            ("id", "room_id", "prev_group", "parent_group", "seq")
+            + tuple(f"anchor{k}" for k in range(1, DELTA_LEVELS + 1)),
             group_rows,
-            width=5 + DELTA_LEVELS,
         )
-        self._txn.execute_values(
-            "INSERT INTO state_groups_state (state_group, type, state_key, event_id) VALUES",
-            state_rows,
-            width=4,
+        self._txn.copy_rows(
+            "state_groups_state", ("state_group", "type", "state_key", "event_id"), state_rows
         )
         fulls = [(mapping[t], g.full) for t, g in self._new.items() if g.full is not None]
         if fulls:

@@ -105,7 +105,7 @@ class PersistTestsMixin(DatabaseMixin):
         events = room.create_room()
         empty = await store.db.run_interaction("c", _counts)
 
-        def boom(*args: Any) -> None:
+        def boom(*args: Any, **kwargs: Any) -> None:
             raise RuntimeError("disk on fire")
 
         # Fails after the events, edges and state groups were inserted.
