@@ -133,6 +133,29 @@ class DatabaseTestsMixin:
         rows = await db.run_interaction("q", q)
         t.assertEqual(rows, [("what?", "?", "a%b"), ("o'k", "?", "a%b")])
 
+    async def test_copy_rows_round_trips_awkward_values(self) -> None:
+        t = self._case()
+        db = await self.make_database()
+        values = [
+            ("tab\there", "", 1),
+            ("new\nline\r\\back\\slash \\N", None, -5),
+            ("\u00e9\U0001f600 \"q\" 'a' %s ?", "x", 2**40),
+        ]
+
+        def q(txn: Transaction) -> list[tuple[Any, ...]]:
+            txn.copy_rows(
+                "current_state_events",
+                ("room_id", "type", "state_key", "event_id", "membership"),
+                [(v[0], "t", str(i), str(v[2]), v[1]) for i, v in enumerate(values)],
+            )
+            txn.execute(
+                "SELECT room_id, membership, event_id FROM current_state_events ORDER BY state_key"
+            )
+            return txn.fetchall()
+
+        rows = await db.run_interaction("q", q)
+        t.assertEqual(rows, [(a, b, str(c)) for a, b, c in values])
+
     async def test_allocate_ids_monotonic(self) -> None:
         t = self._case()
         db = await self.make_database()

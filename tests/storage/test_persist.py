@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer
 from twisted.trial import unittest
 
 import matrixfed.storage.persist as persist_module
@@ -241,7 +242,7 @@ class PersistTestsMixin(DatabaseMixin):
         calls: list[str] = []
         originals = {
             name: getattr(Transaction, name)
-            for name in ("execute", "executemany", "execute_values")
+            for name in ("execute", "executemany", "execute_values", "copy_rows")
         }
 
         def counting(name: str) -> Any:
@@ -274,6 +275,28 @@ class PersistTestsMixin(DatabaseMixin):
         # Only chunked IN (...) lookups (500 ids each) grow with the batch.
         self.assertLess(large, 40)
         self.assertLessEqual(large - small, 2 * (2000 // 500 + 1))
+
+    async def test_concurrent_writers(self) -> None:
+        # Several rooms written at once (PostgreSQL: several connections).
+        store = await self.make_store()
+        rooms = [RoomFactory(room_id=f"!c{i}:test") for i in range(5)]
+        batches = [r.create_room() + [r.member(f"@m{j}:test") for j in range(20)] for r in rooms]
+        results = await defer.gatherResults(
+            [
+                defer.ensureDeferred(store.persist_events(r.room_id, ctx(b)))
+                for r, b in zip(rooms, batches, strict=True)
+            ],
+            consumeErrors=True,
+        )
+        orderings = [p.stream_ordering for res in results for p in res]
+        self.assertEqual(len(set(orderings)), 5 * 24)
+        for r, res in zip(rooms, results, strict=True):
+            self.assertEqual(await store.get_current_state_ids(r.room_id), r.state)
+            # Within a batch, stream orderings are consecutive: one allocation.
+            so = [p.stream_ordering for p in res]
+            self.assertEqual(so, list(range(so[0], so[0] + len(so))))
+        groups = [p.state_group_after for res in results for p in res]
+        self.assertEqual(len(set(groups)), len(groups))
 
     async def test_backfilled_events(self) -> None:
         store, room, events = await self._room()
