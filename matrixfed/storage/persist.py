@@ -328,6 +328,7 @@ def _compute_state_groups(
         ev = item.event
         sb = item.state_before
         if isinstance(sb, int):
+            builder.check_exists(sb)
             before = sb
         elif sb is None and not ev.prev_event_ids:
             # The create event: nothing comes before it.

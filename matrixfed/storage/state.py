@@ -222,6 +222,10 @@ class StateGroupBuilder:
             meta = self._meta[group] = found[group]
         return meta
 
+    def check_exists(self, group: int) -> None:
+        """Raise KeyError unless ``group`` is stored or new in this builder."""
+        self._get_meta(group)
+
     def get_state(self, group: int) -> StateMap:
         """The full state of a stored or new group."""
         if group >= 0:

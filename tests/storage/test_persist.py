@@ -127,6 +127,13 @@ class PersistTestsMixin(DatabaseMixin):
             await store.persist_events(room.room_id, ctx([a, orphan, c]))
         self.assertEqual(await store.db.run_interaction("c", _counts), before)
 
+    async def test_unknown_state_group_rejected(self) -> None:
+        store, room, _ = await self._room()
+        msg = room.event("m.room.message")
+        with self.assertRaises(KeyError):
+            await store.persist_events(room.room_id, ctx([msg], state_before=987654))
+        self.assertIsNone(await store.get_event(msg.event_id))
+
     async def test_wrong_room_or_version_rejected(self) -> None:
         store, room, _ = await self._room()
         other = RoomFactory(room_id="!other:test")
