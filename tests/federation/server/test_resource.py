@@ -95,6 +95,28 @@ class AuthenticatedRequestTests(ResourceTestCase):
             self.keyring.get_keys_calls[0][:2], (self.remote.name, {self.remote.key_id})
         )
 
+    async def test_query_comes_from_the_target_only(self) -> None:
+        self.resource.add_endpoints([Endpoint("POST", "/_matrix/federation/v1/post", self.handler)])
+        uri = "/_matrix/federation/v1/post?x=1&empty="
+        # Twisted parses a POST body with this content type into request.args.
+        header = self.remote.auth_header(OURS, "POST", uri, {"a": "x=2"})
+        code, _ = await self.listener.request(
+            "POST",
+            uri,
+            body=b'{"a": "x=2"}',
+            headers={
+                "Authorization": [header],
+                "Content-Type": ["application/x-www-form-urlencoded"],
+            },
+        )
+        self.assertEqual(code, 200)
+        self.assertEqual(dict(self.handler.calls[0].query), {"x": ["1"], "empty": [""]})
+
+    async def test_invalid_utf8_query(self) -> None:
+        code, body = await self.signed("GET", "/_matrix/federation/v1/test/a/b?x=%FF")
+        self.assertEqual((code, body["errcode"]), (400, "M_INVALID_PARAM"))
+        self.assertEqual(self.handler.calls, [])
+
     async def test_get_without_body(self) -> None:
         code, _ = await self.signed("GET", URI)
         self.assertEqual(code, 200)
