@@ -7,6 +7,7 @@ from typing import Any
 
 from signedjson.key import decode_verify_key_base64
 from signedjson.sign import verify_signed_json
+from twisted.application import service
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
@@ -223,3 +224,22 @@ class TwoServerTests(ServiceTestCase):
             )
         self.assertEqual((cm.exception.code, cm.exception.errcode), (401, "M_UNAUTHORIZED"))
         self.assertEqual(self.echo.origins, [])
+
+
+class EmbeddingTests(ServiceTestCase):
+    async def test_added_to_another_application(self) -> None:
+        application = service.Application("host-app")
+        config = self.config()
+        svc = make_service(config, reactor=reactor)
+        svc.setServiceParent(application)
+        top = service.IService(application)
+        top.privilegedStartService()
+        top.startService()
+        self.addCleanup(top.stopService)
+        await svc.when_ready()
+        self.assertIs(top.getServiceNamed("matrixfed"), svc)
+        cert = open(config.tls_certificate_file, "rb").read()
+        code, body = await https_get_json(
+            f"https://{config.server_name}/_matrix/key/v2/server", trust_pem=cert
+        )
+        self.assertEqual((code, body["server_name"]), (200, config.server_name))
