@@ -23,6 +23,7 @@ What happens when:
 - ``startService``: the database opens and migrates; requests that arrive
   before that finishes wait for it. ``when_ready()`` fires once serving.
 - ``stopService``: listeners stop, outbound connections close, database closes.
+  A stopped service is not restarted; build a new one with ``make_service``.
 
 How it fails after start-up began: the failure is logged as one critical line,
 requests are answered 503, and ``on_fatal`` (set by ``make_twistd_service`` to
@@ -40,7 +41,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
@@ -198,7 +199,8 @@ class MatrixfedService(MultiService):
             result: list[Any] = []
             listener.endpoint.listen(listener.site).addBoth(result.append)
             if not result:
-                # An endpoint that binds asynchronously: record the port later.
+                # Every endpoint type we document (tcp, ssl, unix) binds at once;
+                # one that cannot must not leave us half-started.
                 raise ConfigError(
                     f"{listener.option}: {listener.description!r} did not bind synchronously"
                 )
@@ -229,13 +231,16 @@ class MatrixfedService(MultiService):
         log.info("matrixfed serving as {server_name}", server_name=self.config.server_name)
 
     def _failed(self, message: str, failure: Failure | None = None) -> None:
+        # One line for the operator, whatever the library's message looked like.
+        message = " ".join(message.split())
         if failure is not None:
-            log.failure("matrixfed: {message}", failure, message=message)
+            # The traceback is for developers; operators get the one line below.
+            log.failure("matrixfed: {message}", failure, message=message, level=LogLevel.debug)
         log.critical("matrixfed: {message}", message=message)
         self._failed_message = message
-        self._gate.fail(message)
         if self.on_fatal is not None:
             self.on_fatal(message)
+        self._gate.fail(message)
 
     def stopService(self) -> Deferred[None]:
         children: Any = MultiService.stopService(self)  # type: ignore[no-untyped-call]

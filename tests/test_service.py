@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import psycopg2
 from signedjson.key import decode_verify_key_base64
 from signedjson.sign import verify_signed_json
 from twisted.application import service
@@ -128,6 +129,32 @@ class StartupFailureTests(ServiceTestCase):
             await second.when_ready()
         [reason] = reasons
         self.assertIn("--federation-listen: cannot listen on", reason)
+
+
+class DatabaseFailureTests(ServiceTestCase):
+    async def test_unreachable_database_fails_start(self) -> None:
+        svc = make_service(
+            self.config(database=f"postgresql://postgres@127.0.0.1:{free_port()}/none"),
+            reactor=reactor,
+        )
+        reasons: list[str] = []
+        svc.on_fatal = reasons.append
+        svc.privilegedStartService()
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        with self.assertRaises(StartupError):
+            await svc.when_ready()
+        [reason] = reasons
+        self.assertTrue(reason.startswith("start-up failed: "), reason)
+        self.assertIn("Connection refused", reason)
+        self.assertNotIn("\n", reason)
+        # The traceback went to the log at debug level, for developers.
+        self.assertEqual(len(self.flushLoggedErrors(psycopg2.OperationalError)), 1)
+        # Requests that arrive meanwhile are answered, not left hanging.
+        port = svc.listening_port("client")
+        assert port is not None
+        code, body = await http_get_json(f"http://127.0.0.1:{port.getHost().port}/x")
+        self.assertEqual((code, body["errcode"]), (503, "M_UNKNOWN"))
 
 
 class EchoOrigin:
