@@ -16,7 +16,7 @@ from matrixfed.federation.xmatrix import (
     verify_request_signature,
 )
 
-SAMPLES = Path("/work/shared/samples/synapse-1.163.2")
+SAMPLES = Path(__file__).parents[1] / "fixtures" / "synapse-1.163.2"
 
 
 class ParseTests(unittest.TestCase):
