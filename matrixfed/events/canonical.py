@@ -46,7 +46,9 @@ def _build() -> Callable[[object], bytes]:
         c_encode = make(None, _not_json, basestring, None, ":", ",", True, False, False)
 
         def encode(value: object) -> bytes:
-            return "".join(c_encode(value, 0)).encode("utf-8")
+            chunks = c_encode(value, 0)  # in practice a list of one string
+            text = chunks[0] if len(chunks) == 1 else "".join(chunks)
+            return text.encode("utf-8")
 
         if encode(_PROBE) != encode_canonical_json(_PROBE):
             return encode_canonical_json

@@ -6,6 +6,7 @@ See server-server-api.md "Calculating the content hash for an event",
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from typing import Any
 
@@ -63,10 +64,17 @@ def compute_reference_hash(pdu: dict[str, Any], room_version: RoomVersion) -> by
 
 
 def event_id_from_reference_hash(reference_hash: bytes, room_version: RoomVersion) -> str:
-    if room_version.event_format is EventFormat.V2:
-        return "$" + encode_base64(reference_hash)
+    """``$`` and the unpadded base64 of ``reference_hash`` (URL-safe from v4).
+
+    Raises:
+        ValueError: room versions 1 and 2, whose event IDs are not hashes.
+    """
+    # Same result as unpaddedbase64.encode_base64, without its extra copies:
+    # this runs once per received event.
     if room_version.event_format is EventFormat.V3:
-        return "$" + encode_base64(reference_hash, urlsafe=True)
+        return "$" + base64.urlsafe_b64encode(reference_hash).decode("ascii").rstrip("=")
+    if room_version.event_format is EventFormat.V2:
+        return "$" + base64.b64encode(reference_hash).decode("ascii").rstrip("=")
     raise ValueError("room versions 1 and 2 carry their event IDs in the PDU")
 
 

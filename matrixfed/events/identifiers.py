@@ -29,6 +29,11 @@ USER_ID_RE = re.compile(
 
 # A SHA-256 reference hash in unpadded base64 is 43 characters.
 _HASH_B64_LEN = 43
+# spec: appendices "Room IDs" with a domain (room versions 1-11): "!", a
+# localpart without ":" or NUL, ":", a domain (only used against collisions,
+# never contacted: any non-empty text without NUL).
+DOMAIN_ROOM_ID_RE = re.compile(r"![^:\x00]*:[^\x00]+")
+
 # Event IDs of room version 3 (standard alphabet) and 4+ (URL-safe); v12 room IDs.
 HASH_EVENT_ID_STD_RE = re.compile(rf"\$[A-Za-z0-9+/]{{{_HASH_B64_LEN}}}", re.ASCII)
 HASH_EVENT_ID_URLSAFE_RE = re.compile(rf"\$[A-Za-z0-9_\-]{{{_HASH_B64_LEN}}}", re.ASCII)
@@ -120,10 +125,7 @@ def is_valid_domain_room_id(room_id: str, *, check_length: bool = True) -> bool:
         room_id: the candidate.
         check_length: False to skip the 255-byte limit.
     """
-    if not room_id.startswith("!") or "\x00" in room_id:
-        return False
-    domain = domain_of(room_id)
-    if not domain:
+    if DOMAIN_ROOM_ID_RE.fullmatch(room_id) is None:
         return False
     n = utf8_len(room_id)
     return n >= 0 and (not check_length or n <= MAX_ID_BYTES)

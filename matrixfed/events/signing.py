@@ -91,16 +91,6 @@ def sign_event(
 # --- who must have signed ---------------------------------------------------
 
 
-def _is_3pid_invite(pdu: Mapping[str, Any]) -> bool:
-    content = pdu.get("content")
-    return (
-        pdu.get("type") == "m.room.member"
-        and isinstance(content, dict)
-        and content.get("membership") == "invite"
-        and "third_party_invite" in content
-    )
-
-
 def _domain(identifier: Any, what: str) -> str:
     domain = domain_of(identifier) if isinstance(identifier, str) else None
     if not domain:
@@ -109,21 +99,22 @@ def _domain(identifier: Any, what: str) -> str:
 
 
 def _required_servers(pdu: Mapping[str, Any], room_version: RoomVersion) -> set[str]:
-    """Servers that must sign ``pdu``; empty for a third-party invite."""
-    servers: set[str] = set()
-    if not _is_3pid_invite(pdu):
-        # spec: the sender's server; in v1/v2 also the server in the event ID.
-        # A third-party invite may be sent by any server (the sender must
-        # match the original invite, which the auth rules check).
-        servers.add(_domain(pdu.get("sender"), "sender"))
-        if room_version.event_format is EventFormat.V1:
-            servers.add(_domain(pdu.get("event_id"), "event_id"))
+    """Servers that must sign ``pdu``; empty exactly for a third-party invite."""
     content = pdu.get("content")
+    if not isinstance(content, dict) or pdu.get("type") != "m.room.member":
+        content = {}
+    membership = content.get("membership")
+    if membership == "invite" and "third_party_invite" in content:
+        # A third-party invite may be sent by any server (its sender must match
+        # the original invite, which the auth rules check): see signing_servers.
+        return set()
+    # spec: the sender's server; in v1/v2 also the server in the event ID.
+    servers = {_domain(pdu.get("sender"), "sender")}
+    if room_version.event_format is EventFormat.V1:
+        servers.add(_domain(pdu.get("event_id"), "event_id"))
     if (
-        room_version.restricted_join_rule
-        and pdu.get("type") == "m.room.member"
-        and isinstance(content, dict)
-        and content.get("membership") == "join"
+        membership == "join"
+        and room_version.restricted_join_rule
         and AUTHORISING_USER_KEY in content
     ):
         # spec (v8+ auth rules): a restricted join is signed by the server of
@@ -162,7 +153,7 @@ def signing_servers(pdu: Mapping[str, Any], room_version: RoomVersion) -> tuple[
         matrixfed.errors.SignatureError: as ``required_signers``.
     """
     required = _required_servers(pdu, room_version)
-    if required or not _is_3pid_invite(pdu):
+    if required:
         return required, False
     signatures = pdu.get("signatures")
     return (set(signatures) if isinstance(signatures, dict) else set()), True
@@ -277,20 +268,22 @@ def verify_signatures_over(
     """
     if not isinstance(signatures, dict):
         signatures = {}
-    problems: list[str] = []
+    enforce_validity = room_version.enforce_key_validity
     verified_any = False
-    for server in sorted(servers):
+    for server in sorted(servers) if len(servers) > 1 else servers:
+        problems: list[str] = []
         sigs = signatures.get(server)
-        server_keys = keys.get(server, {})
+        server_keys = keys.get(server)
         verified = 0
-        if isinstance(sigs, dict):
+        if isinstance(sigs, dict) and server_keys is not None:
             for key_id, sig_b64 in sigs.items():
                 if not isinstance(key_id, str) or not key_id.startswith(ED25519_PREFIX):
                     continue  # spec: algorithms we do not understand are ignored
                 key = server_keys.get(key_id)
                 if key is None:
                     continue  # spec: unknown keys are skipped
-                if not key_usable_at(key, origin_server_ts, room_version):
+                # key_usable_at, inlined: this runs for every received event.
+                if (key.expired or enforce_validity) and key.valid_until_ts < origin_server_ts:
                     problems.append(
                         f"{server} key {key_id} is valid until {key.valid_until_ts},"
                         f" before the event's origin_server_ts {origin_server_ts}"

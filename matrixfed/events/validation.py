@@ -28,17 +28,21 @@ for the ``[event_id, {}]`` references Synapse sends in room versions 1 and 2.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
+
+import attrs
 
 from matrixfed.errors import EventSizeError, InvalidEventError
 from matrixfed.events.canonical import encode_canonical
 from matrixfed.events.identifiers import (
+    DOMAIN_ROOM_ID_RE,
     HASH_EVENT_ID_STD_RE,
     HASH_EVENT_ID_URLSAFE_RE,
     HASH_ROOM_ID_RE,
     MAX_ID_BYTES,
     USER_ID_RE,
-    is_valid_domain_room_id,
     is_valid_v1_event_id,
     utf8_len,
 )
@@ -69,7 +73,8 @@ ENCODE_ERRORS = (ValueError, TypeError, RecursionError)
 
 
 # Identifiers this short cannot exceed MAX_ID_BYTES (4 bytes per code point at
-# most); lone surrogates in them are caught when the PDU is encoded.
+# most), so their size is not computed; a lone surrogate in one is caught when
+# the PDU is encoded (validate_pdu and check_pdu always encode it).
 _SHORT = MAX_ID_BYTES // 4
 
 # Top-level members whose whole value the field checks have typed as strings,
@@ -136,74 +141,80 @@ def validate_pdu_with_size(
     """
     if type(pdu) is not dict:
         raise InvalidEventError("PDU is not a JSON object")
-    lenient = room_version.identifier in _CODEPOINT_LIMIT_VERSIONS
+    rules = _rules_for(room_version)
     # A limit exceeded in bytes only, in a room version that counted code
     # points: reported last, as a rejectable error, if nothing worse is found.
     pending: list[str] = []
 
-    event_type = _str_field(pdu, "type")
+    event_type = pdu.get("type")
+    if type(event_type) is not str:
+        raise InvalidEventError("type is missing or not a string")
     if len(event_type) > _SHORT:
-        _check_id_size("type", event_type, lenient, pending)
+        _check_id_size("type", event_type, rules.lenient, pending)
 
-    sender = _str_field(pdu, "sender")
+    sender = pdu.get("sender")
+    if type(sender) is not str:
+        raise InvalidEventError("sender is missing or not a string")
     if USER_ID_RE.fullmatch(sender) is None:
         raise InvalidEventError(f"sender {sender!r} is not a valid user ID")
-    _check_id_size("sender", sender, lenient, pending)
+    if len(sender) > _SHORT:
+        _check_id_size("sender", sender, rules.lenient, pending)
 
-    _check_room_id(pdu, event_type, room_version, lenient, pending)
+    _check_room_id(pdu, event_type, rules, pending)
 
-    if room_version.event_format is EventFormat.V1:
+    if rules.v1_format:
         event_id = _str_field(pdu, "event_id")
         if not is_valid_v1_event_id(event_id, check_length=False):
             raise InvalidEventError(f"event_id {event_id!r} is not of the form $opaque:server")
-        _check_id_size("event_id", event_id, lenient, pending)
+        _check_id_size("event_id", event_id, rules.lenient, pending)
 
     if "state_key" in pdu:
         state_key = pdu["state_key"]
         if type(state_key) is not str:
             raise InvalidEventError("state_key is not a string")
         if len(state_key) > _SHORT:
-            _check_id_size("state_key", state_key, lenient, pending)
+            _check_id_size("state_key", state_key, rules.lenient, pending)
 
     if type(pdu.get("content")) is not dict:
         raise InvalidEventError("content is missing or not a JSON object")
 
-    if room_version.strict_canonical_json:
-        int_min, int_max, depth_max = CANONICAL_INT_MIN, CANONICAL_INT_MAX, CANONICAL_INT_MAX
-    else:
-        int_min, int_max, depth_max = INT64_MIN, INT64_MAX, INT64_MAX
     ts = pdu.get("origin_server_ts")
     if type(ts) is not int:
         raise InvalidEventError("origin_server_ts is missing or not an integer")
-    if not int_min <= ts <= int_max:
+    if not rules.int_min <= ts <= rules.int_max:
         raise InvalidEventError(f"origin_server_ts {ts} is out of range")
     depth = pdu.get("depth")
     if type(depth) is not int:
         raise InvalidEventError("depth is missing or not an integer")
-    if not 0 <= depth <= depth_max:
-        raise InvalidEventError(f"depth {depth} is out of range [0, {depth_max}]")
+    if not 0 <= depth <= rules.int_max:
+        raise InvalidEventError(f"depth {depth} is out of range [0, {rules.int_max}]")
 
-    _check_hashes(pdu.get("hashes"))
+    hashes = pdu.get("hashes")
+    if type(hashes) is not dict:
+        raise InvalidEventError("hashes is missing or not a JSON object")
+    if type(hashes.get("sha256")) is not str:
+        raise InvalidEventError("hashes.sha256 is missing or not a string")
     _check_signatures(pdu.get("signatures"))
     if "unsigned" in pdu and type(pdu["unsigned"]) is not dict:
         raise InvalidEventError("unsigned is not a JSON object")
 
-    _check_refs(pdu, "auth_events", MAX_AUTH_EVENTS, room_version, backfilled)
-    _check_refs(pdu, "prev_events", MAX_PREV_EVENTS, room_version, backfilled)
+    _check_refs(pdu, "auth_events", MAX_AUTH_EVENTS, rules, backfilled)
+    _check_refs(pdu, "prev_events", MAX_PREV_EVENTS, rules, backfilled)
 
-    if not room_version.v11_top_level_keys and "redacts" in pdu:
-        if type(pdu["redacts"]) is not str:
-            raise InvalidEventError("redacts is not a string")
+    if rules.typed_redacts and "redacts" in pdu and type(pdu["redacts"]) is not str:
+        raise InvalidEventError("redacts is not a string")
 
-    if room_version.strict_canonical_json:
-        try:
-            # Members checked above hold only strings and in-range integers.
-            _walk_strict_dict({k: v for k, v in pdu.items() if k not in _TYPED_MEMBERS})
-        except _NotStrict as e:
-            where = ".".join(reversed(e.path)) or "PDU"
-            raise InvalidEventError(f"{where}: {e.reason} (strict canonical JSON)") from None
-        except RecursionError:
-            raise InvalidEventError("PDU is nested too deeply") from None
+    if rules.strict:
+        # Members checked above hold only strings and in-range integers.
+        for key in pdu.keys() - _TYPED_MEMBERS:
+            try:
+                _walk_strict_value(pdu[key])
+            except _NotStrict as e:
+                e.path.append(str(key))
+                where = ".".join(reversed(e.path))
+                raise InvalidEventError(f"{where}: {e.reason} (strict canonical JSON)") from None
+            except RecursionError:
+                raise InvalidEventError(f"{key} is nested too deeply") from None
 
     if canonical_size is None:
         try:
@@ -214,6 +225,47 @@ def validate_pdu_with_size(
 
     if pending:
         raise EventSizeError(pending[0], rejectable=True)
+
+
+@attrs.frozen(slots=True)
+class _Rules:
+    """What validation needs from a room version, looked up once per version."""
+
+    lenient: bool  # identifier limits in code points (see module docstring)
+    strict: bool  # strict canonical JSON
+    int_min: int  # range of origin_server_ts; int_max also bounds depth
+    int_max: int
+    v1_format: bool  # event_id in the PDU, [id, hashes] references
+    hash_room_ids: bool  # v12 room IDs
+    typed_redacts: bool  # top-level redacts is a protocol field (v1-v10)
+    ref_match: Callable[[str], re.Match[str] | None]
+
+
+# Keyed by object identity (hashing a RoomVersion hashes all of its fields);
+# the entry keeps the RoomVersion alive, so its id is never reused.
+_RULES: dict[int, tuple[RoomVersion, _Rules]] = {}
+
+
+def _rules_for(room_version: RoomVersion) -> _Rules:
+    entry = _RULES.get(id(room_version))
+    if entry is not None:
+        return entry[1]
+    strict = room_version.strict_canonical_json
+    fmt = room_version.event_format
+    rules = _Rules(
+        lenient=room_version.identifier in _CODEPOINT_LIMIT_VERSIONS,
+        strict=strict,
+        int_min=CANONICAL_INT_MIN if strict else INT64_MIN,
+        int_max=CANONICAL_INT_MAX if strict else INT64_MAX,
+        v1_format=fmt is EventFormat.V1,
+        hash_room_ids=room_version.room_id_from_create,
+        typed_redacts=not room_version.v11_top_level_keys,
+        ref_match=(
+            HASH_EVENT_ID_URLSAFE_RE if fmt is EventFormat.V3 else HASH_EVENT_ID_STD_RE
+        ).fullmatch,
+    )
+    _RULES[id(room_version)] = (room_version, rules)
+    return rules
 
 
 def check_pdu_size(canonical_size: int) -> None:
@@ -244,14 +296,8 @@ def _check_id_size(field: str, value: str, lenient: bool, pending: list[str]) ->
     raise EventSizeError(message)
 
 
-def _check_room_id(
-    pdu: dict[str, Any],
-    event_type: str,
-    room_version: RoomVersion,
-    lenient: bool,
-    pending: list[str],
-) -> None:
-    if room_version.room_id_from_create:
+def _check_room_id(pdu: dict[str, Any], event_type: str, rules: _Rules, pending: list[str]) -> None:
+    if rules.hash_room_ids:
         if event_type == "m.room.create":
             # The create event names no room (its ID is the room's). One that
             # does anyway is rejected by auth rule 1.2, so only the type
@@ -266,16 +312,10 @@ def _check_room_id(
             )
         return
     room_id = _str_field(pdu, "room_id")
-    if not is_valid_domain_room_id(room_id, check_length=False):
+    if DOMAIN_ROOM_ID_RE.fullmatch(room_id) is None:
         raise InvalidEventError(f"room_id {room_id!r} is not of the form !opaque:server")
-    _check_id_size("room_id", room_id, lenient, pending)
-
-
-def _check_hashes(hashes: Any) -> None:
-    if type(hashes) is not dict:
-        raise InvalidEventError("hashes is missing or not a JSON object")
-    if type(hashes.get("sha256")) is not str:
-        raise InvalidEventError("hashes.sha256 is missing or not a string")
+    if len(room_id) > _SHORT:
+        _check_id_size("room_id", room_id, rules.lenient, pending)
 
 
 def _check_signatures(signatures: Any) -> None:
@@ -289,20 +329,13 @@ def _check_signatures(signatures: Any) -> None:
                 raise InvalidEventError(f"signatures[{server!r}][{key_id!r}] is not a string")
 
 
-def _check_refs(
-    pdu: dict[str, Any],
-    key: str,
-    limit: int,
-    room_version: RoomVersion,
-    backfilled: bool,
-) -> None:
+def _check_refs(pdu: dict[str, Any], key: str, limit: int, rules: _Rules, backfilled: bool) -> None:
     refs = pdu.get(key)
     if type(refs) is not list:
         raise InvalidEventError(f"{key} is missing or not a list")
     if len(refs) > limit and not backfilled:
         raise InvalidEventError(f"{key} has {len(refs)} entries, over the limit of {limit}")
-    fmt = room_version.event_format
-    if fmt is EventFormat.V1:
+    if rules.v1_format:
         for ref in refs:
             # [event_id, {"sha256": ...}]; Synapse sends {} for the hashes of
             # some events (INTEROP.md), which is accepted.
@@ -316,57 +349,38 @@ def _check_refs(
             if "sha256" in hashes and type(hashes["sha256"]) is not str:
                 raise InvalidEventError(f"{key} entry for {event_id} has a non-string sha256")
         return
-    match = (HASH_EVENT_ID_URLSAFE_RE if fmt is EventFormat.V3 else HASH_EVENT_ID_STD_RE).fullmatch
+    match = rules.ref_match
     for ref in refs:
         if type(ref) is not str or match(ref) is None:
-            raise InvalidEventError(
-                f"{key} entry {ref!r} is not an event ID of room version {room_version.identifier}"
-            )
+            raise InvalidEventError(f"{key} entry {ref!r} is not an event ID of this room version")
 
 
-def _walk_strict_dict(value: dict[Any, Any]) -> None:
-    for k, v in value.items():
-        t = type(v)
-        if t is str or t is bool or v is None:
+def _walk_strict_value(value: Any) -> None:
+    """Raise _NotStrict if ``value`` holds a float, an integer out of range or
+    anything that is not JSON."""
+    t = type(value)
+    if t is dict:
+        items: Any = value.items()
+    elif t is list:
+        items = enumerate(value)
+    elif t is str or t is bool or value is None:
+        return
+    elif t is int:
+        if value > CANONICAL_INT_MAX or value < CANONICAL_INT_MIN:
+            raise _NotStrict(f"integer {value} is outside [-(2**53)+1, 2**53-1]")
+        return
+    else:
+        raise _NotStrict(_not_strict_reason(value))
+    for k, v in items:
+        tv = type(v)
+        if tv is str or tv is bool or v is None:
             continue
-        if t is int:
-            if v > CANONICAL_INT_MAX or v < CANONICAL_INT_MIN:
-                e = _NotStrict(f"integer {v} is outside [-(2**53)+1, 2**53-1]")
-                e.path.append(str(k))
-                raise e
+        if tv is int and CANONICAL_INT_MIN <= v <= CANONICAL_INT_MAX:
             continue
         try:
-            if t is dict:
-                _walk_strict_dict(v)
-            elif t is list:
-                _walk_strict_list(v)
-            else:
-                raise _NotStrict(_not_strict_reason(v))
+            _walk_strict_value(v)
         except _NotStrict as e:
             e.path.append(str(k))
-            raise
-
-
-def _walk_strict_list(value: list[Any]) -> None:
-    for i, v in enumerate(value):
-        t = type(v)
-        if t is str or t is bool or v is None:
-            continue
-        if t is int:
-            if v > CANONICAL_INT_MAX or v < CANONICAL_INT_MIN:
-                e = _NotStrict(f"integer {v} is outside [-(2**53)+1, 2**53-1]")
-                e.path.append(str(i))
-                raise e
-            continue
-        try:
-            if t is dict:
-                _walk_strict_dict(v)
-            elif t is list:
-                _walk_strict_list(v)
-            else:
-                raise _NotStrict(_not_strict_reason(v))
-        except _NotStrict as e:
-            e.path.append(str(i))
             raise
 
 

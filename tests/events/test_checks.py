@@ -108,6 +108,19 @@ class CheckPduTests(unittest.TestCase):
         self.assertRaises(InvalidEventError, check_pdu, pdu, V12, default_keys())
         check_pdu(pdu, V12, default_keys(), backfilled=True)
 
+    def test_v1_references_without_hashes(self) -> None:
+        # Synapse cites some events in v1/v2 rooms as [event_id, {}] (INTEROP.md).
+        for version in ("1", "2"):
+            rv = get_room_version(version)
+            pdu = signed_pdu(
+                rv,
+                prev_events=[["$p:a.example", {}]],
+                auth_events=[["$c:a.example", {}], ["$pl:b.example", {"sha256": "x"}]],
+            )
+            event = check_pdu(pdu, rv, default_keys())
+            self.assertEqual(event.prev_event_ids, ("$p:a.example",))
+            self.assertEqual(event.auth_event_ids, ("$c:a.example", "$pl:b.example"))
+
     def test_synapse_samples(self) -> None:
         pdus = list(walk_pdus(load_sample("send_join_v2.json")))
         results = check_pdus(pdus, V12, sample_keys(), backfilled=True)
