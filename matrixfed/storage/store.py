@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from matrixfed.storage.events import EventsStoreMixin
 from matrixfed.storage.persist import PersistEventsMixin
+from matrixfed.storage.profiles import ProfileStoreMixin
 from matrixfed.storage.rooms import RoomStoreMixin
 from matrixfed.storage.state import StateStoreMixin
 
 
-class Store(PersistEventsMixin, EventsStoreMixin, StateStoreMixin, RoomStoreMixin):
+class Store(
+    PersistEventsMixin, EventsStoreMixin, StateStoreMixin, RoomStoreMixin, ProfileStoreMixin
+):
     """``Store(db=..., clock=...)``; call ``await db.start()`` before using it."""
