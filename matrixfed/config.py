@@ -313,6 +313,18 @@ class Config:
         help="Largest request body accepted, in bytes (suffixes K, M, G)",
         parse=_as_size,
     )
+    enable_registration: bool = option(
+        False,
+        help="Let anyone register an account through the client API (POST /register)",
+        parse=_as_bool,
+        kind="flag",
+    )
+    registration_shared_secret: str | None = option(
+        None,
+        help="Secret for Synapse-style shared-secret registration at "
+        "/_synapse/admin/v1/register (register_new_matrix_user)",
+        parse=_as_optional_str,
+    )
 
     def __attrs_post_init__(self) -> None:
         _check_server_name(self, None, self.server_name)
