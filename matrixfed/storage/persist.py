@@ -141,6 +141,7 @@ class PersistEventsMixin(StoreBase):
         *,
         backfilled: bool = False,
         current_state: Mapping[StateKey, str] | None = None,
+        partial_state: bool | None = None,
     ) -> list[PersistedEvent]:
         """Store a batch of events of one room in one transaction (module docstring).
 
@@ -151,6 +152,8 @@ class PersistEventsMixin(StoreBase):
             backfilled: the events are history fetched by backfill.
             current_state: the room's resolved current state after the batch,
                 when the caller computed it (forks).
+            partial_state: when not None, set the room's partial-state flag in
+                the same transaction (a partial-state join and its resync).
 
         Returns:
             One PersistedEvent per newly stored (or de-outliered) event, in
@@ -172,6 +175,7 @@ class PersistEventsMixin(StoreBase):
             received_ts,
             self._state_cache,
             self._event_cache,
+            partial_state,
         )
 
 
@@ -184,10 +188,16 @@ def _persist_txn(
     received_ts: int,
     state_cache: LruCache[int, StateMap],
     event_cache: LruCache[str, Event],
+    partial_state: bool | None = None,
 ) -> list[PersistedEvent]:
     if not items and current_state is None:
         return []
     old_cur = _lock_room(txn, room_id, items, received_ts)
+    if partial_state is not None:
+        txn.execute(
+            "UPDATE rooms SET partial_state = ? WHERE room_id = ?",
+            (1 if partial_state else 0, room_id),
+        )
 
     # --- what is new --------------------------------------------------------
     batch: dict[str, EventWithContext] = {}
