@@ -1,0 +1,623 @@
+"""The room engine: create rooms, append local events, take in remote ones.
+
+``RoomEngine`` is the only writer of room timelines. Three ways in:
+
+- ``create_room``: the createRoom events (create, creator's join, power
+  levels, preset state, initial state, name, topic) are built, authorised one
+  after the other against the state they build up, and persisted in ONE store
+  transaction: a room exists whole or not at all. Invites follow as ordinary
+  appends.
+- ``send_event``: a local append. Under the room's lock: build from the
+  current state and forward extremities, hash and sign, authorise against
+  the current state (``AuthError`` -> 403 ``M_FORBIDDEN``, nothing stored),
+  persist with the current state group as the state before it, notify, then
+  hand the event to the outbound sender. An invite of a remote user is first
+  countersigned by the invitee's server (``/v2/invite``).
+- ``receive_pdu`` / ``receive_membership_event``: remote events, through the
+  spec's "Checks performed on receipt of a PDU" (``matrixfed.rooms.inbound``).
+
+Appends of one room (local or remote) are serialised by a per-room lock, so
+the engine never forks a room by itself and reads of "current state" inside
+an append are never stale. Everything is persisted before anyone is told:
+the notifier is woken and the sender called after the commit. If the process
+dies between the commit and the sender's enqueue, that event is not sent
+(the sender's queue is separate storage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Protocol
+
+from twisted.internet.defer import DeferredLock
+from twisted.logger import Logger
+
+from matrixfed.auth.rules import check_auth
+from matrixfed.auth.selection import CREATE_KEY, auth_types_for_event, select_auth_event_ids
+from matrixfed.errors import AuthError, MatrixError, RemoteError
+from matrixfed.events.identifiers import domain_of, is_valid_user_id
+from matrixfed.events.keys import KeyMap
+from matrixfed.events.model import Event
+from matrixfed.events.room_versions import (
+    DEFAULT_ROOM_VERSION,
+    KNOWN_ROOM_VERSIONS,
+    EventFormat,
+    RoomVersion,
+)
+from matrixfed.events.signing import sign_event
+from matrixfed.rooms.builder import (
+    MAX_PREV_EVENTS_BUILT,
+    PlannedEvent,
+    initial_state_plan,
+    new_room_id,
+    new_v1_event_id,
+    pdu_template,
+)
+from matrixfed.rooms.inbound import InboundPdus, StateMapIds
+from matrixfed.rooms.notifier import Notifier
+from matrixfed.storage.persist import EventWithContext, PersistedEvent
+from matrixfed.storage.store import Store
+
+__all__ = ["FederationApi", "KeyFetcher", "OutboundSender", "RoomEngine"]
+
+log = Logger()
+
+# Seconds to wait for the invitee's server to countersign an invite.
+INVITE_TIMEOUT_SECONDS = 60.0
+
+
+class OutboundSender(Protocol):
+    """The per-destination sender (matrixfed.federation.sender)."""
+
+    async def send_pdu(self, event: Event, destinations: Collection[str]) -> None: ...
+
+
+class KeyFetcher(Protocol):
+    """What the engine needs of the KeyRing."""
+
+    async def get_keys_batch(
+        self, requests: Mapping[str, Mapping[str, int]]
+    ) -> dict[str, dict[str, Any]]: ...
+
+
+class FederationApi(Protocol):
+    """What the engine needs of the FederationClient."""
+
+    async def get_json(
+        self, destination: str, path: str, args: Any = None, *, timeout: float | None = None
+    ) -> Any: ...
+
+    async def post_json(
+        self,
+        destination: str,
+        path: str,
+        data: Any,
+        args: Any = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any: ...
+
+    async def put_json(
+        self,
+        destination: str,
+        path: str,
+        data: Any,
+        args: Any = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any: ...
+
+
+class _Clock(Protocol):
+    def seconds(self) -> float: ...
+
+
+def _room_version_or_400(identifier: str) -> RoomVersion:
+    rv = KNOWN_ROOM_VERSIONS.get(identifier)
+    if rv is None:
+        raise MatrixError(
+            400, "M_UNSUPPORTED_ROOM_VERSION", f"room version {identifier!r} is not supported"
+        )
+    return rv
+
+
+class RoomEngine:
+    """Creates rooms and appends events. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Any,
+        server_name: str,
+        signing_key: Any,
+        keyring: KeyFetcher,
+        federation_client: FederationApi,
+        notifier: Notifier,
+        sender: OutboundSender | None = None,
+        default_room_version: str = DEFAULT_ROOM_VERSION,
+    ) -> None:
+        """Create the engine.
+
+        Args:
+            store: the event/state store.
+            clock: IReactorTime (``seconds()``; a reactor with ``getThreadPool``
+                lets big state resolutions run on a thread).
+            server_name: our server name.
+            signing_key: our signedjson signing key.
+            keyring: fetches remote verify keys.
+            federation_client: for invites and fetching missing events.
+            notifier: woken after each commit.
+            sender: the outbound sender (None: nothing is sent; see set_sender).
+            default_room_version: for create_room without a version.
+        """
+        self.store = store
+        self.clock = clock
+        self.server_name = server_name
+        self.signing_key = signing_key
+        self.keyring = keyring
+        self.federation_client = federation_client
+        self.notifier = notifier
+        self.sender = sender
+        self.default_room_version = default_room_version
+        self._locks: dict[str, DeferredLock] = {}
+        self.inbound = InboundPdus(engine=self)
+
+    def set_sender(self, sender: OutboundSender | None) -> None:
+        """Attach (or detach) the outbound sender."""
+        self.sender = sender
+
+    def room_lock(self, room_id: str) -> DeferredLock:
+        """The per-room lock appends hold (``async with engine.room_lock(r):``)."""
+        lock = self._locks.get(room_id)
+        if lock is None:
+            lock = self._locks[room_id] = DeferredLock()
+        return lock
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    # --- helpers ------------------------------------------------------------
+
+    async def room_version_of(self, room_id: str) -> RoomVersion:
+        """The room's version; 404 M_NOT_FOUND for a room we do not know."""
+        rv = await self.store.get_room_version(room_id)
+        if rv is None:
+            raise MatrixError(404, "M_NOT_FOUND", f"unknown room {room_id}")
+        return rv
+
+    async def auth_state_for(
+        self, event: Event, state_ids: Mapping[tuple[str, str], str]
+    ) -> dict[tuple[str, str], Event]:
+        """The auth-relevant events of ``state_ids`` for ``event`` (create always in)."""
+        keys = auth_types_for_event(
+            event.room_version, event.type, event.sender, event.state_key, event.content
+        )
+        keys.add(CREATE_KEY)
+        wanted = {k: state_ids[k] for k in keys if k in state_ids}
+        events = await self.store.get_events(wanted.values())
+        return {k: events[eid] for k, eid in wanted.items() if eid in events}
+
+    def sign(self, pdu: dict[str, Any], rv: RoomVersion) -> Event:
+        """Set the v1/v2 event ID, hash and sign ``pdu`` in place; the trusted Event."""
+        event_id = None
+        if rv.event_format is EventFormat.V1:
+            event_id = pdu.setdefault("event_id", new_v1_event_id(self.server_name))
+        sign_event(pdu, rv, self.server_name, self.signing_key)
+        return Event(pdu, rv, event_id)
+
+    async def _prev_events(self, room_id: str) -> list[Event]:
+        extremities = await self.store.get_forward_extremities(room_id)
+        events = await self.store.get_events(extremities)
+        newest = sorted(events.values(), key=lambda e: (-e.depth, e.event_id))
+        return newest[:MAX_PREV_EVENTS_BUILT]
+
+    async def _template(
+        self,
+        rv: RoomVersion,
+        room_id: str,
+        state_ids: Mapping[tuple[str, str], str],
+        *,
+        type: str,
+        sender: str,
+        content: Mapping[str, Any],
+        state_key: str | None,
+        redacts: str | None,
+    ) -> dict[str, Any]:
+        auth_ids = select_auth_event_ids(rv, type, sender, state_key, content, state_ids)
+        auth = await self.store.get_events(auth_ids)
+        prev = await self._prev_events(room_id)
+        return pdu_template(
+            rv,
+            room_id=room_id,
+            event_type=type,
+            sender=sender,
+            content=content,
+            state_key=state_key,
+            redacts=redacts,
+            prev_events=prev,
+            auth_events=[auth[a] for a in auth_ids if a in auth],
+            origin=self.server_name,
+            origin_server_ts=self.now_ms(),
+        )
+
+    # --- public API -----------------------------------------------------------
+
+    async def build_event(
+        self,
+        room_id: str,
+        *,
+        type: str,
+        sender: str,
+        content: Mapping[str, Any],
+        state_key: str | None = None,
+        redacts: str | None = None,
+        extra_auth_state: Mapping[tuple[str, str], str] | None = None,
+    ) -> dict[str, Any]:
+        """An unsigned PDU template built on the room's current state.
+
+        For make_join/make_leave/make_knock: prev_events are the newest
+        forward extremities, auth_events are selected over the current state
+        (plus ``extra_auth_state`` entries, which win), depth is one above
+        the prev events. No event_id, hashes or signatures.
+
+        Raises:
+            MatrixError: 404 for an unknown room.
+        """
+        rv = await self.room_version_of(room_id)
+        state_ids = dict(await self.store.get_current_state_ids(room_id))
+        if not state_ids:
+            raise MatrixError(404, "M_NOT_FOUND", f"no state for room {room_id}")
+        if extra_auth_state:
+            state_ids.update(extra_auth_state)
+        return await self._template(
+            rv,
+            room_id,
+            state_ids,
+            type=type,
+            sender=sender,
+            content=content,
+            state_key=state_key,
+            redacts=redacts,
+        )
+
+    async def create_room(
+        self,
+        creator: str,
+        *,
+        room_version: str | None = None,
+        preset: str = "private_chat",
+        name: str | None = None,
+        topic: str | None = None,
+        alias: str | None = None,
+        initial_state: Sequence[Mapping[str, Any]] = (),
+        power_level_content_override: Mapping[str, Any] | None = None,
+        is_public: bool = False,
+        invite: Sequence[str] = (),
+        creation_content: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Create a room with the client-server createRoom events; return its ID.
+
+        Args:
+            creator: a local user ID.
+            room_version: "1".."12" (default: the engine's default).
+            preset: private_chat, trusted_private_chat or public_chat.
+            name, topic: optional m.room.name / m.room.topic.
+            alias: a full ``#alias:our.server`` to create and publish as the
+                canonical alias.
+            initial_state: extra state events ({"type", "state_key", "content"}).
+            power_level_content_override: merged over the default power levels.
+            is_public: publish in the room directory.
+            invite: users to invite once the room exists.
+            creation_content: extra keys for the create event's content.
+
+        Raises:
+            MatrixError: 400 M_UNSUPPORTED_ROOM_VERSION, M_INVALID_PARAM,
+                M_ROOM_IN_USE (alias taken), 403 when an initial event is not
+                allowed by the auth rules. Nothing is stored then.
+        """
+        rv = _room_version_or_400(room_version or self.default_room_version)
+        if not is_valid_user_id(creator) or domain_of(creator) != self.server_name:
+            raise MatrixError(400, "M_INVALID_PARAM", f"{creator} is not a local user")
+        for invitee in invite:
+            if not isinstance(invitee, str) or not is_valid_user_id(invitee):
+                raise MatrixError(400, "M_INVALID_PARAM", f"invalid invitee {invitee!r}")
+        if alias is not None:
+            if not alias.startswith("#") or domain_of(alias) != self.server_name:
+                raise MatrixError(400, "M_INVALID_PARAM", f"alias {alias!r} is not on this server")
+            if await self.store.get_alias(alias) is not None:
+                raise MatrixError(400, "M_ROOM_IN_USE", f"alias {alias} is taken")
+        plan = initial_state_plan(
+            rv,
+            creator,
+            preset=preset,
+            name=name,
+            topic=topic,
+            alias=alias,
+            initial_state=initial_state,
+            power_level_content_override=power_level_content_override,
+            invite=invite,
+            creation_content=creation_content,
+        )
+        setup = [p for p in plan if p.content.get("membership") != "invite"]
+        invites = [p for p in plan if p.content.get("membership") == "invite"]
+        events = self._build_initial_events(rv, setup)
+        room_id = events[0].room_id
+        async with self.room_lock(room_id):
+            persisted = await self.store.persist_events(
+                room_id, [EventWithContext(e) for e in events]
+            )
+        if alias is not None:
+            await self.store.create_alias(
+                alias, room_id, creator=creator, servers=[self.server_name]
+            )
+        if is_public:
+            await self.store.set_room_is_public(room_id, True)
+        self._notify(room_id, events, persisted)
+        log.info(
+            "created room {room_id} (version {version}) for {creator}",
+            room_id=room_id,
+            version=rv.identifier,
+            creator=creator,
+        )
+        for planned in invites:
+            assert planned.state_key is not None
+            await self.send_event(
+                room_id,
+                type="m.room.member",
+                sender=creator,
+                content=planned.content,
+                state_key=planned.state_key,
+            )
+        return room_id
+
+    def _build_initial_events(self, rv: RoomVersion, plan: Sequence[PlannedEvent]) -> list[Event]:
+        events: list[Event] = []
+        state: dict[tuple[str, str], Event] = {}
+        room_id: str | None = None if rv.room_id_from_create else new_room_id(self.server_name)
+        for planned in plan:
+            ids = {k: e.event_id for k, e in state.items()}
+            auth_ids = select_auth_event_ids(
+                rv, planned.type, planned.sender, planned.state_key, planned.content, ids
+            )
+            by_id = {e.event_id: e for e in state.values()}
+            pdu = pdu_template(
+                rv,
+                room_id=room_id,
+                event_type=planned.type,
+                sender=planned.sender,
+                content=planned.content,
+                state_key=planned.state_key,
+                redacts=None,
+                prev_events=events[-1:],
+                auth_events=[by_id[a] for a in auth_ids],
+                origin=self.server_name,
+                origin_server_ts=self.now_ms(),
+            )
+            event = self.sign(pdu, rv)
+            if room_id is None:
+                room_id = event.room_id
+            try:
+                check_auth(event, state)
+            except AuthError as e:
+                raise MatrixError(
+                    403, "M_FORBIDDEN", f"{planned.type} not allowed in the new room: {e}"
+                ) from None
+            events.append(event)
+            if event.is_state():
+                state[event.state_tuple] = event
+        return events
+
+    async def send_event(
+        self,
+        room_id: str,
+        *,
+        type: str,
+        sender: str,
+        content: Mapping[str, Any],
+        state_key: str | None = None,
+        redacts: str | None = None,
+    ) -> Event:
+        """Append a local event to a room and send it to the other servers.
+
+        Raises:
+            MatrixError: 404 unknown room; 403 M_FORBIDDEN when the auth rules
+                refuse it (nothing stored); 400 for a non-local sender; an
+                invite the invitee's server refused or could not countersign
+                (its error, or 502).
+        """
+        if domain_of(sender) != self.server_name:
+            raise MatrixError(400, "M_INVALID_PARAM", f"{sender} is not a local user")
+        async with self.room_lock(room_id):
+            rv = await self.room_version_of(room_id)
+            state_ids = await self.store.get_current_state_ids(room_id)
+            if not state_ids:
+                raise MatrixError(404, "M_NOT_FOUND", f"no state for room {room_id}")
+            group = await self.store.get_current_state_group(room_id)
+            pdu = await self._template(
+                rv,
+                room_id,
+                state_ids,
+                type=type,
+                sender=sender,
+                content=content,
+                state_key=state_key,
+                redacts=redacts,
+            )
+            event = self.sign(pdu, rv)
+            try:
+                check_auth(event, await self.auth_state_for(event, state_ids))
+            except AuthError as e:
+                raise MatrixError(403, "M_FORBIDDEN", str(e)) from None
+            target_server = self._remote_target(event)
+            if event.membership == "invite" and target_server is not None:
+                event = await self._countersign_invite(event, state_ids, target_server)
+            servers_before = await self.store.get_joined_servers(room_id)
+            persisted = await self.store.persist_events(
+                room_id, [EventWithContext(event, state_before=group)]
+            )
+        self._notify(room_id, [event], persisted)
+        await self.fan_out(event, servers_before, exclude=())
+        return event
+
+    def _remote_target(self, event: Event) -> str | None:
+        if event.type != "m.room.member" or event.state_key is None:
+            return None
+        server = domain_of(event.state_key)
+        return None if server in (None, self.server_name) else server
+
+    async def _countersign_invite(
+        self, event: Event, state_ids: Mapping[tuple[str, str], str], destination: str
+    ) -> Event:
+        """Have the invitee's server sign the invite (``PUT /v2/invite``)."""
+        from matrixfed.federation.client import federation_path
+
+        stripped = await self.stripped_state(state_ids)
+        body = {
+            "event": event.pdu,
+            "room_version": event.room_version.identifier,
+            "invite_room_state": stripped,
+        }
+        path = federation_path("/_matrix/federation/v2/invite/{}/{}", event.room_id, event.event_id)
+        try:
+            answer = await self.federation_client.put_json(
+                destination, path, body, timeout=INVITE_TIMEOUT_SECONDS
+            )
+        except RemoteError as e:
+            if e.code is not None and 400 <= e.code < 500 and e.errcode is not None:
+                raise MatrixError(e.code, e.errcode, f"{destination}: {e.message}") from None
+            raise MatrixError(502, "M_UNKNOWN", f"cannot invite via {destination}: {e}") from None
+        returned = answer.get("event") if isinstance(answer, dict) else None
+        return await self.inbound.check_countersigned_invite(event, returned, destination)
+
+    async def stripped_state(
+        self, state_ids: Mapping[tuple[str, str], str]
+    ) -> list[dict[str, Any]]:
+        """The stripped state sent with invites and knocks (client-server spec list)."""
+        keys = [
+            ("m.room.create", ""),
+            ("m.room.join_rules", ""),
+            ("m.room.name", ""),
+            ("m.room.avatar", ""),
+            ("m.room.canonical_alias", ""),
+            ("m.room.encryption", ""),
+            ("m.room.topic", ""),
+        ]
+        ids = [state_ids[k] for k in keys if k in state_ids]
+        events = await self.store.get_events(ids)
+        out: list[dict[str, Any]] = []
+        for eid in ids:
+            ev = events.get(eid)
+            if ev is None:
+                continue
+            if ev.type == "m.room.create":
+                # v12+ invitees need the full create event to learn the room ID.
+                out.append(dict(ev.pdu))
+                continue
+            out.append(
+                {
+                    "type": ev.type,
+                    "state_key": ev.state_key,
+                    "sender": ev.sender,
+                    "content": dict(ev.content),
+                }
+            )
+        return out
+
+    def _notify(
+        self, room_id: str, events: Sequence[Event], persisted: Sequence[PersistedEvent]
+    ) -> None:
+        orderings = {p.event_id: p.stream_ordering for p in persisted}
+        if not orderings:
+            return
+        top = max(orderings.values())
+        self.notifier.on_new_events(room_id, top)
+        for ev in events:
+            if ev.type == "m.room.member" and ev.state_key is not None:
+                ordering = orderings.get(ev.event_id)
+                if ordering is not None:
+                    self.notifier.on_user_event(ev.state_key, ordering)
+
+    async def fan_out(
+        self, event: Event, servers_before: Collection[str], *, exclude: Collection[str]
+    ) -> None:
+        """Hand ``event`` to the sender for every other server in the room.
+
+        Destinations: servers joined before or after the event, plus the
+        target's server of a membership event about a remote user, minus us
+        and ``exclude``. A sender failure is logged, never raised: the event
+        is already committed.
+        """
+        if self.sender is None:
+            return
+        servers = set(servers_before) | await self.store.get_joined_servers(event.room_id)
+        target = self._remote_target(event)
+        if target is not None:
+            servers.add(target)
+        servers.discard(self.server_name)
+        servers.difference_update(exclude)
+        if not servers:
+            return
+        try:
+            await self.sender.send_pdu(event, sorted(servers))
+        except Exception:
+            log.failure(
+                "cannot queue {event_id} for {n} servers", event_id=event.event_id, n=len(servers)
+            )
+
+    # --- remote events (matrixfed.rooms.inbound) -----------------------------
+
+    async def receive_pdu(
+        self, origin: str, pdu: Any, *, room_version: RoomVersion | None = None
+    ) -> Event:
+        """Take in one PDU from ``/send`` (see ``InboundPdus.receive_pdu``)."""
+        return await self.inbound.receive_pdu(origin, pdu, room_version=room_version)
+
+    async def receive_membership_event(
+        self,
+        origin: str,
+        pdu: Any,
+        *,
+        room_id: str,
+        expected_membership: str,
+        event_id: str | None = None,
+    ) -> tuple[Event, StateMapIds]:
+        """Append a join/leave/knock from send_join/send_leave/send_knock.
+
+        See ``InboundPdus.receive_membership_event``.
+        """
+        return await self.inbound.receive_membership_event(
+            origin,
+            pdu,
+            room_id=room_id,
+            expected_membership=expected_membership,
+            event_id=event_id,
+        )
+
+    async def get_state_ids_at(self, room_id: str, event_id: str) -> StateMapIds:
+        """The room state before ``event_id`` (what ``/state_ids`` answers).
+
+        Raises:
+            MatrixError: 404 when the event is not a non-outlier of the room.
+        """
+        statuses = await self.store.get_event_statuses([event_id])
+        status = statuses.get(event_id)
+        if status is None or status.room_id != room_id or status.outlier:
+            raise MatrixError(404, "M_NOT_FOUND", f"no state known at {event_id}")
+        state = await self.store.get_state_before(event_id)
+        if state is None:
+            raise MatrixError(404, "M_NOT_FOUND", f"no state known at {event_id}")
+        return dict(state)
+
+    async def get_auth_chain_for(self, event_ids: Collection[str]) -> list[Event]:
+        """The auth chain of ``event_ids`` (without them), oldest first."""
+        return await self.store.get_auth_chain(event_ids)
+
+    async def fetch_keys_for(self, pdus: Sequence[Any], rv: RoomVersion) -> KeyMap:
+        """Every verify key the PDUs' signatures need, in one keyring batch."""
+        from matrixfed.events.signing import needed_keys_for_pdus
+
+        needed = needed_keys_for_pdus(pdus, rv)
+        if not needed:
+            return {}
+        return await self.keyring.get_keys_batch(needed)

@@ -1,0 +1,250 @@
+"""RoomEngine: createRoom for every room version, local appends, fan-out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial import unittest
+
+from matrixfed.auth.rules import check_auth
+from matrixfed.errors import MatrixError
+from matrixfed.events.checks import check_pdu
+from matrixfed.events.keys import ServerVerifyKey
+from matrixfed.events.room_versions import KNOWN_ROOM_VERSIONS
+from matrixfed.rooms.engine import RoomEngine
+from matrixfed.storage.store import Store
+from tests.auth.roombuilder import signing_key_for
+from tests.rooms.helpers import ALICE, BOB, LOCAL, RecordingSender, make_engine
+from tests.storage.harness import SqliteMixin
+
+CAROL_LOCAL = "@carol:a.example"
+
+
+def _keys(*servers: str) -> dict[str, dict[str, ServerVerifyKey]]:
+    return {
+        s: {"ed25519:k1": ServerVerifyKey(s, "ed25519:k1", signing_key_for(s).verify_key, 2**53)}
+        for s in servers
+    }
+
+
+class EngineTestsMixin(SqliteMixin):
+    async def _engine(self, **kw: Any) -> tuple[RoomEngine, Store]:
+        store = await self.make_store()
+        return make_engine(store, **kw), store
+
+    async def _state_types(self, store: Store, room_id: str) -> dict[tuple[str, str], Any]:
+        state = await store.get_current_state_ids(room_id)
+        events = await store.get_events(state.values())
+        return {k: events[v] for k, v in state.items()}
+
+    async def test_create_room_every_version(self) -> None:
+        engine, store = await self._engine()
+        for version, rv in KNOWN_ROOM_VERSIONS.items():
+            room_id = await engine.create_room(
+                ALICE, room_version=version, name="Room", topic="Talk", preset="public_chat"
+            )
+            self.assertEqual((await store.get_room_version(room_id)), rv)
+            state = await self._state_types(store, room_id)
+            self.assertEqual(
+                set(state),
+                {
+                    ("m.room.create", ""),
+                    ("m.room.member", ALICE),
+                    ("m.room.power_levels", ""),
+                    ("m.room.join_rules", ""),
+                    ("m.room.history_visibility", ""),
+                    ("m.room.name", ""),
+                    ("m.room.topic", ""),
+                },
+                version,
+            )
+            create = state[("m.room.create", "")]
+            self.assertEqual(create.content["room_version"], version)
+            self.assertEqual("creator" in create.content, int(version) <= 10, version)
+            if version == "12":
+                self.assertEqual(room_id, "!" + create.event_id[1:])
+                self.assertNotIn("room_id", create.pdu)
+                self.assertEqual(state[("m.room.power_levels", "")].content["users"], {})
+            else:
+                self.assertTrue(room_id.endswith(":" + LOCAL))
+            self.assertEqual(state[("m.room.join_rules", "")].content["join_rule"], "public")
+            self.assertEqual(state[("m.room.member", ALICE)].membership, "join")
+            # Every event is a genuine PDU of its version and allowed by the
+            # state before it.
+            timeline = await store.get_room_events_stream(room_id, from_ordering=0)
+            self.assertEqual(len(timeline), 7)
+            for _, ev in timeline:
+                checked = check_pdu(ev.pdu, rv, _keys(LOCAL))
+                self.assertEqual(checked.event_id, ev.event_id)
+                before = await store.get_state_before(ev.event_id)
+                assert before is not None
+                evs = await store.get_events(before.values())
+                check_auth(ev, {k: evs[v] for k, v in before.items()})
+
+    async def test_create_room_private_preset_alias_and_initial_state(self) -> None:
+        engine, store = await self._engine()
+        room_id = await engine.create_room(
+            ALICE,
+            alias="#lounge:a.example",
+            initial_state=[
+                {"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}}
+            ],
+            power_level_content_override={"events_default": 10},
+            is_public=True,
+        )
+        state = await self._state_types(store, room_id)
+        self.assertEqual(state[("m.room.join_rules", "")].content["join_rule"], "invite")
+        self.assertEqual(state[("m.room.guest_access", "")].content["guest_access"], "can_join")
+        self.assertEqual(
+            state[("m.room.history_visibility", "")].content["history_visibility"], "joined"
+        )
+        self.assertEqual(state[("m.room.power_levels", "")].content["events_default"], 10)
+        self.assertEqual(
+            state[("m.room.canonical_alias", "")].content["alias"], "#lounge:a.example"
+        )
+        alias = await store.get_alias("#lounge:a.example")
+        assert alias is not None
+        self.assertEqual(alias.room_id, room_id)
+        self.assertIn(room_id, await store.get_public_room_ids())
+        with self.assertRaises(MatrixError) as cm:
+            await engine.create_room(ALICE, alias="#lounge:a.example")
+        self.assertEqual(cm.exception.errcode, "M_ROOM_IN_USE")
+
+    async def test_create_room_unknown_version(self) -> None:
+        engine, store = await self._engine()
+        with self.assertRaises(MatrixError) as cm:
+            await engine.create_room(ALICE, room_version="13")
+        self.assertEqual(
+            (cm.exception.code, cm.exception.errcode), (400, "M_UNSUPPORTED_ROOM_VERSION")
+        )
+        with self.assertRaises(MatrixError) as cm:
+            await engine.create_room(BOB)
+        self.assertEqual(cm.exception.code, 400)
+        self.assertEqual(await store.get_current_stream_ordering(), 0)
+
+    async def test_create_room_forbidden_initial_state_stores_nothing(self) -> None:
+        engine, store = await self._engine()
+        with self.assertRaises(MatrixError) as cm:
+            await engine.create_room(
+                ALICE,
+                room_version="10",
+                power_level_content_override={"users": {ALICE: 10}, "state_default": 50},
+                name="x",
+            )
+        self.assertEqual(cm.exception.code, 403)
+        self.assertEqual(await store.get_current_stream_ordering(), 0)
+
+    async def test_send_message_and_state(self) -> None:
+        for version in ("1", "3", "11", "12"):
+            engine, store = await self._engine()
+            room_id = await engine.create_room(ALICE, room_version=version)
+            before = await store.get_forward_extremities(room_id)
+            msg = await engine.send_event(
+                room_id, type="m.room.message", sender=ALICE, content={"body": "hi"}
+            )
+            self.assertEqual(msg.prev_event_ids, tuple(before))
+            self.assertEqual(await store.get_forward_extremities(room_id), [msg.event_id])
+            timeline = await store.get_room_events_stream(room_id, from_ordering=0)
+            self.assertEqual(timeline[-1][1].event_id, msg.event_id)
+            self.assertEqual(timeline[-1][1].depth, timeline[-2][1].depth + 1)
+            check_pdu(msg.pdu, msg.room_version, _keys(LOCAL))
+            if version == "1":
+                self.assertTrue(msg.event_id.endswith(":" + LOCAL))
+                self.assertEqual(len(msg.pdu["prev_events"][0]), 2)
+            topic = await engine.send_event(
+                room_id,
+                type="m.room.topic",
+                sender=ALICE,
+                content={"topic": "new"},
+                state_key="",
+            )
+            self.assertEqual(
+                await store.get_current_state_event_id(room_id, "m.room.topic", ""),
+                topic.event_id,
+            )
+
+    async def test_forbidden_event_is_403_and_not_stored(self) -> None:
+        engine, store = await self._engine()
+        room_id = await engine.create_room(ALICE, room_version="10")
+        await engine.send_event(
+            room_id,
+            type="m.room.member",
+            sender=ALICE,
+            content={"membership": "invite"},
+            state_key=CAROL_LOCAL,
+        )
+        await engine.send_event(
+            room_id,
+            type="m.room.member",
+            sender=CAROL_LOCAL,
+            content={"membership": "join"},
+            state_key=CAROL_LOCAL,
+        )
+        position = await store.get_current_stream_ordering()
+        state = await store.get_current_state_ids(room_id)
+        with self.assertRaises(MatrixError) as cm:
+            await engine.send_event(
+                room_id,
+                type="m.room.name",
+                sender=CAROL_LOCAL,
+                content={"name": "mine"},
+                state_key="",
+            )
+        self.assertEqual((cm.exception.code, cm.exception.errcode), (403, "M_FORBIDDEN"))
+        with self.assertRaises(MatrixError) as cm:
+            await engine.send_event(
+                room_id,
+                type="m.room.message",
+                sender="@zed:a.example",
+                content={"body": "not a member"},
+            )
+        self.assertEqual(cm.exception.code, 403)
+        self.assertEqual(await store.get_current_stream_ordering(), position)
+        self.assertEqual(await store.get_current_state_ids(room_id), state)
+
+    async def test_unknown_room(self) -> None:
+        engine, _ = await self._engine()
+        with self.assertRaises(MatrixError) as cm:
+            await engine.send_event(
+                "!nope:a.example", type="m.room.message", sender=ALICE, content={}
+            )
+        self.assertEqual(cm.exception.code, 404)
+
+    async def test_build_event_template(self) -> None:
+        engine, store = await self._engine()
+        room_id = await engine.create_room(ALICE, room_version="9", preset="public_chat")
+        template = await engine.build_event(
+            room_id,
+            type="m.room.member",
+            sender=BOB,
+            content={"membership": "join"},
+            state_key=BOB,
+        )
+        state = await store.get_current_state_ids(room_id)
+        self.assertEqual(template["prev_events"], await store.get_forward_extremities(room_id))
+        self.assertEqual(
+            set(template["auth_events"]),
+            {
+                state[("m.room.create", "")],
+                state[("m.room.power_levels", "")],
+                state[("m.room.join_rules", "")],
+            },
+        )
+        self.assertNotIn("event_id", template)
+        self.assertNotIn("signatures", template)
+        self.assertEqual(template["origin"], LOCAL)
+
+    async def test_fan_out_to_joined_servers(self) -> None:
+        sender = RecordingSender()
+        engine, store = await self._engine(sender=sender)
+        room_id = await engine.create_room(ALICE, room_version="10")
+        msg = await engine.send_event(
+            room_id, type="m.room.message", sender=ALICE, content={"body": "alone"}
+        )
+        # Only we are in the room: nothing to send.
+        self.assertEqual(sender.sent, [])
+        self.assertEqual(msg.sender, ALICE)
+
+
+class EngineTests(EngineTestsMixin, unittest.TestCase):
+    pass
