@@ -51,11 +51,15 @@ from matrixfed.federation.client import FederationClient, build_federation_clien
 from matrixfed.federation.server.auth import RequestAuthenticator
 from matrixfed.federation.server.keys import LocalKeyServer, NotaryServer
 from matrixfed.federation.server.resource import JsonResource, make_site
+from matrixfed.federation.server.transactions import TransactionHandler
 from matrixfed.federation.server.version import version_endpoints
 from matrixfed.keys.keyring import KeyRing
 from matrixfed.keys.signing_key import ServerSigningKeys, load_server_signing_keys
+from matrixfed.rooms.engine import RoomEngine
+from matrixfed.rooms.notifier import Notifier
 from matrixfed.storage.database import Database
 from matrixfed.storage.keys_store import KeysStore
+from matrixfed.storage.store import Store
 from matrixfed.tls import ensure_self_signed_certificate
 
 __all__ = ["MatrixfedService", "StartupError", "make_service", "make_twistd_service"]
@@ -147,6 +151,9 @@ class MatrixfedService(MultiService):
         federation_resource: JsonResource,
         client_resource: JsonResource,
         gate: _StartGate,
+        store: Store | None = None,
+        engine: RoomEngine | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         MultiService.__init__(self)  # type: ignore[no-untyped-call]
         self.setName("matrixfed")  # type: ignore[no-untyped-call]
@@ -159,6 +166,10 @@ class MatrixfedService(MultiService):
         self.key_server = key_server
         self.federation_resource = federation_resource
         self.client_resource = client_resource
+        # The event/state store, the room engine and the /sync notifier.
+        self.store = store
+        self.engine = engine
+        self.notifier = notifier
         self.on_fatal: Callable[[str], None] | None = None
         self._gate = gate
         self._listeners: list[_Listener] = []
@@ -380,6 +391,18 @@ def make_service(config: Config, *, reactor: Any = None) -> MatrixfedService:
         version_endpoints() + key_server.endpoints() + notary.endpoints()
     )
     client_resource = JsonResource(authenticator=None, wait_ready=gate.wait_for_request)
+    store = Store(db=database, clock=reactor)
+    notifier = Notifier(clock=reactor, store=store)
+    engine = RoomEngine(
+        store=store,
+        clock=reactor,
+        server_name=config.server_name,
+        signing_key=keys.primary,
+        keyring=keyring,
+        federation_client=client,
+        notifier=notifier,
+    )
+    federation_resource.add_endpoints(TransactionHandler(engine=engine, clock=reactor).endpoints())
 
     svc = MatrixfedService(
         config=config,
@@ -392,6 +415,9 @@ def make_service(config: Config, *, reactor: Any = None) -> MatrixfedService:
         federation_resource=federation_resource,
         client_resource=client_resource,
         gate=gate,
+        store=store,
+        engine=engine,
+        notifier=notifier,
     )
     description = config.federation_listen_endpoint
     if description is not None:
