@@ -1,0 +1,111 @@
+"""Assemble the client-server API: one call from the server's wiring.
+
+``ClientApi`` owns the user store, the token checker and the endpoint groups
+(one module each: login, admin, rooms, events, sync, directory) and lists their
+endpoints for ``JsonResource.add_endpoints``. It holds no other state than the
+shared-secret nonces and the in-flight send transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from matrixfed.clientapi.accounts import Accounts, RunBlocking, run_inline
+from matrixfed.clientapi.admin import SharedSecretRegistration
+from matrixfed.clientapi.common import TokenAuth
+from matrixfed.clientapi.context import (
+    ClientContext,
+    Engine,
+    FederationQueries,
+    Joiner,
+    WaitForEvents,
+)
+from matrixfed.clientapi.directory import DirectoryServlets
+from matrixfed.clientapi.events import EventServlets
+from matrixfed.clientapi.login import LoginServlets
+from matrixfed.clientapi.rooms import RoomServlets
+from matrixfed.clientapi.sync import SyncServlets
+from matrixfed.federation.server.endpoint import Endpoint
+from matrixfed.storage.store import Store
+from matrixfed.storage.users import UserStore
+
+__all__ = ["ClientApi"]
+
+
+class ClientApi:
+    """The client-server API of one server."""
+
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        store: Store,
+        engine: Engine,
+        joiner: Joiner,
+        notifier: WaitForEvents,
+        federation: FederationQueries,
+        clock: Any,
+        enable_registration: bool = False,
+        registration_shared_secret: str | None = None,
+        run_blocking: RunBlocking = run_inline,
+        backfill: Callable[[str, int], Any] | None = None,
+        public_base_url: str | None = None,
+    ) -> None:
+        """Build the API.
+
+        Args:
+            server_name: our server name.
+            store: the event/room/profile store (its database holds the users).
+            engine: the room engine.
+            joiner: the join coordinator.
+            notifier: wakes /sync long polls.
+            federation: the outbound federation client.
+            clock: IReactorTime.
+            enable_registration: open registration (``m.login.dummy``).
+            registration_shared_secret: enables ``/_synapse/admin/v1/register``.
+            run_blocking: runs password hashing off the reactor thread.
+            backfill: ``async (room_id, limit) -> number of events fetched``.
+            public_base_url: announced in ``/.well-known/matrix/client``.
+        """
+        self.users = UserStore(db=store.db, clock=clock)
+        self.auth = TokenAuth(users=self.users)
+        self.accounts = Accounts(
+            server_name=server_name, users=self.users, run_blocking=run_blocking, profiles=store
+        )
+        self.context = ClientContext(
+            server_name=server_name,
+            store=store,
+            users=self.users,
+            accounts=self.accounts,
+            auth=self.auth,
+            engine=engine,
+            joiner=joiner,
+            notifier=notifier,
+            federation=federation,
+            clock=clock,
+            backfill=backfill,
+        )
+        self._groups: list[Any] = [
+            LoginServlets(
+                accounts=self.accounts,
+                users=self.users,
+                auth=self.auth,
+                enable_registration=enable_registration,
+                public_base_url=public_base_url,
+            ),
+            SharedSecretRegistration(
+                accounts=self.accounts, secret=registration_shared_secret, clock=clock
+            ),
+            RoomServlets(self.context),
+            EventServlets(self.context),
+            SyncServlets(self.context),
+            DirectoryServlets(self.context),
+        ]
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every client API endpoint, for ``client_resource.add_endpoints``."""
+        out: list[Endpoint] = []
+        for group in self._groups:
+            out.extend(group.endpoints())
+        return out

@@ -1,0 +1,144 @@
+"""The dependencies of the room endpoints, as small interfaces.
+
+Handlers talk to the room engine, the join coordinator, the notifier and the
+federation client through these Protocols, so unit tests can drive them with
+the real store and a real engine while the network side is scripted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from matrixfed.clientapi.accounts import Accounts
+from matrixfed.clientapi.common import TokenAuth
+from matrixfed.events.model import Event
+from matrixfed.storage.store import Store
+from matrixfed.storage.users import UserStore
+
+__all__ = [
+    "ClientContext",
+    "Engine",
+    "FederationQueries",
+    "Joiner",
+    "MembershipOutcome",
+    "WaitForEvents",
+]
+
+
+class Engine(Protocol):
+    """The part of ``matrixfed.rooms.engine.RoomEngine`` the client API uses."""
+
+    async def create_room(
+        self,
+        creator: str,
+        *,
+        room_version: str | None = None,
+        preset: str = "private_chat",
+        name: str | None = None,
+        topic: str | None = None,
+        alias: str | None = None,
+        initial_state: Sequence[Mapping[str, Any]] = (),
+        power_level_content_override: Mapping[str, Any] | None = None,
+        is_public: bool = False,
+        invite: Sequence[str] = (),
+        creation_content: Mapping[str, Any] | None = None,
+    ) -> str: ...
+
+    async def send_event(
+        self,
+        room_id: str,
+        *,
+        type: str,
+        sender: str,
+        content: Mapping[str, Any],
+        state_key: str | None = None,
+        redacts: str | None = None,
+    ) -> Event: ...
+
+
+class MembershipOutcome(Protocol):
+    """What a join or leave returns (``JoinResult``/``LeaveResult``)."""
+
+    @property
+    def room_id(self) -> str: ...
+
+    @property
+    def event_id(self) -> str: ...
+
+
+class Joiner(Protocol):
+    """The part of the join coordinator the client API uses."""
+
+    async def join(
+        self,
+        room_id_or_alias: str,
+        user_id: str,
+        *,
+        servers: Sequence[str] = (),
+        progress: Callable[[Any], None] | None = None,
+    ) -> MembershipOutcome: ...
+
+    async def leave(self, room_id: str, user_id: str) -> MembershipOutcome: ...
+
+
+class WaitForEvents(Protocol):
+    """``Notifier.wait_for_events``."""
+
+    async def wait_for_events(
+        self,
+        room_ids: Collection[str] | None,
+        from_ordering: int,
+        timeout_ms: int,
+        *,
+        user_id: str | None = None,
+    ) -> int: ...
+
+
+class FederationQueries(Protocol):
+    """The outbound federation calls the client API makes itself."""
+
+    async def get_json(
+        self,
+        destination: str,
+        path: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        ignore_backoff: bool = False,
+        max_size: int | None = None,
+    ) -> Any: ...
+
+
+@attrs.frozen(slots=True)
+class ClientContext:
+    """Everything the room endpoints need.
+
+    Attributes:
+        server_name: our server name.
+        store: the event/state/room/profile store.
+        users: users, tokens and client transactions.
+        accounts: account creation and login.
+        auth: access-token authentication.
+        engine: the room engine (local appends, room creation).
+        joiner: the join coordinator (joins and leaves, local or remote).
+        notifier: wakes /sync long polls.
+        federation: outbound queries (directory, profile, backfill).
+        clock: ``seconds()``.
+        backfill: optional ``async (room_id, limit) -> int`` that fetches older
+            history from other servers; None when not available.
+    """
+
+    server_name: str
+    store: Store
+    users: UserStore
+    accounts: Accounts
+    auth: TokenAuth
+    engine: Engine
+    joiner: Joiner
+    notifier: WaitForEvents
+    federation: FederationQueries
+    clock: Any
+    backfill: Callable[[str, int], Any] | None = None
