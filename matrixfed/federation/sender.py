@@ -10,8 +10,8 @@ Design (crash safety). The event is already committed when the engine calls
 event, and only then tries to send. A crash between the event's commit and
 that write is covered at start-up: every accepted local event (sent by one of
 our users) after the recovery position that has no marker is queued again,
-for the servers joined to its room *now*, and the position moves to the end
-of the stream. Outbox rows are deleted only when the transaction carrying
+for the servers joined to its room just before or after it, and the position
+moves to the end of the stream. Outbox rows are deleted only when the transaction carrying
 them has been answered, so nothing queued is lost if the process dies.
 
 Transactions. One transaction in flight per destination, at most
@@ -35,8 +35,9 @@ are the receiver's verdict on those events and are logged, not retried.
 Weak spots: start-up recovery only knows local senders, so an event we append
 for a remote user (a send_join) whose queueing a crash interrupted is not
 forwarded to the other servers (they catch up via get_missing_events when the
-next event arrives). Recovery sends to the servers in the room at restart, not
-at the time of the event.
+next event arrives). Events the engine appends with no other server in the
+room never reach ``send_pdu``, so each start-up looks at them again (finding
+no destination); the work is bounded by the events since the last start.
 """
 
 from __future__ import annotations
@@ -112,7 +113,9 @@ class EventSource(Protocol):
 
     async def get_events(self, event_ids: Collection[str]) -> Mapping[str, Event]: ...
 
-    async def get_joined_servers(self, room_id: str) -> set[str]: ...
+    async def get_state_before(self, event_id: str) -> Mapping[tuple[str, str], str] | None: ...
+
+    async def get_state_after(self, event_id: str) -> Mapping[tuple[str, str], str] | None: ...
 
 
 @attrs.define
@@ -167,7 +170,7 @@ class OutboundSender:
         position = await self._queue.init_position()
         recovered = await self._queue.get_unqueued_local_events(self._server_name, position)
         for event in recovered:
-            servers = await self._store.get_joined_servers(event.room_id)
+            servers = await self._servers_at(event.event_id)
             await self._queue.queue_event(event.event_id, self._others(servers))
         if recovered:
             log.info("sender: queued {n} local events a restart had left unsent", n=len(recovered))
@@ -240,6 +243,22 @@ class OutboundSender:
         return dest.retry_interval if dest is not None else 0.0
 
     # -- internals ---------------------------------------------------------------------
+
+    async def _servers_at(self, event_id: str) -> set[str]:
+        """Servers with a joined user just before or just after the event."""
+        member_ids: set[str] = set()
+        for state in (
+            await self._store.get_state_before(event_id),
+            await self._store.get_state_after(event_id),
+        ):
+            if state is not None:
+                member_ids.update(eid for (t, _), eid in state.items() if t == "m.room.member")
+        members = await self._store.get_events(member_ids)
+        return {
+            ev.state_key.split(":", 1)[1]
+            for ev in members.values()
+            if ev.membership == "join" and ev.state_key is not None and ":" in ev.state_key
+        }
 
     def _others(self, destinations: Collection[str]) -> list[str]:
         return sorted({d for d in destinations if d != self._server_name})

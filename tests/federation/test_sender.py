@@ -300,10 +300,12 @@ class SenderTests(SqliteMixin, unittest.TestCase):
         stop = self.senders.pop()
         await stop.stop()
         # Committed, but the process died before send_pdu: found again at start-up
-        # and sent to the servers in the room; a remote user's event is not.
+        # and sent to the servers in the room at the time; a remote user's event is not.
         local = await self.message("lost")
         remote = self.room.send("m.room.message", BOB, {"body": "from b"})
         await self.persist([remote])
+        # A server that joined after the event does not get it.
+        await self.persist([self.room.member("@dan:d.example", "join")])
         await self.new_sender()
         await eventually(lambda: len(self.client.pending()) == 2)
         self.assertEqual({c.destination for c in self.client.pending()}, {B, C})
