@@ -48,6 +48,7 @@ from twisted.web.server import Site
 from matrixfed.config import Config, ConfigError
 from matrixfed.errors import MatrixError
 from matrixfed.federation.client import FederationClient, build_federation_client
+from matrixfed.federation.sender import OutboundSender
 from matrixfed.federation.server.auth import RequestAuthenticator
 from matrixfed.federation.server.keys import LocalKeyServer, NotaryServer
 from matrixfed.federation.server.resource import JsonResource, make_site
@@ -169,6 +170,9 @@ class MatrixfedService(MultiService):
         # The event/state store, the room engine and the /sync notifier.
         self.store = store
         self.engine = engine
+        # The outbound federation sender (set by make_service; started after the
+        # database, stopped before it closes).
+        self.sender: OutboundSender | None = None
         self.notifier = notifier
         self.on_fatal: Callable[[str], None] | None = None
         self._gate = gate
@@ -238,6 +242,8 @@ class MatrixfedService(MultiService):
 
     async def _start(self) -> None:
         await self.database.start()
+        if self.sender is not None:
+            await self.sender.start()
         self._gate.open()
         log.info("matrixfed serving as {server_name}", server_name=self.config.server_name)
 
@@ -260,6 +266,8 @@ class MatrixfedService(MultiService):
     async def _stop(self, children: Any) -> None:
         if children is not None:
             await children
+        if self.sender is not None:
+            await self.sender.stop()
         stops = [
             Deferred.fromCoroutine(_stop_port(listener.port))
             for listener in self._listeners
@@ -419,6 +427,15 @@ def make_service(config: Config, *, reactor: Any = None) -> MatrixfedService:
         engine=engine,
         notifier=notifier,
     )
+    sender = OutboundSender(
+        db=database,
+        store=store,
+        federation_client=client,
+        clock=reactor,
+        server_name=config.server_name,
+    )
+    engine.set_sender(sender)
+    svc.sender = sender
     description = config.federation_listen_endpoint
     if description is not None:
         svc._add_listener(
