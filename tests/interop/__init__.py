@@ -1,0 +1,1 @@
+"""Interoperability with Synapse: real Synapse and matrixfed processes on loopback."""
