@@ -503,6 +503,8 @@ class RemoteRoom(RoomBuilder):
 
     def __init__(self, version: str) -> None:
         super().__init__(version)
+        # prev_events of the next event when several (see ``follow``)
+        self.tips: list[str] = []
 
     @classmethod
     def of(cls, version: str) -> RemoteRoom:
@@ -535,6 +537,38 @@ class RemoteRoom(RoomBuilder):
                 self.state[event.state_tuple] = event
         if latest is not None:
             self.apply(Event(dict(latest), self.rv, event_id=self._event_id_of(latest)))
+
+    @classmethod
+    async def follow(cls, store: Any, room_id: str) -> RemoteRoom:
+        """A builder at the current state and forward extremities of a room held in a
+        matrixfed ``store`` (in-process), so the fake can add events to that room
+        (e.g. its own user's join of a public room, sent over /send)."""
+        rv = await store.get_room_version(room_id)
+        if rv is None:
+            raise ValueError(f"{room_id} is not known to the store")
+        room = cls(rv.identifier)
+        room.room_id = room_id
+        state_ids = await store.get_current_state_ids(room_id)
+        extremities = await store.get_forward_extremities(room_id)
+        events = await store.get_events([*state_ids.values(), *extremities])
+        for event in await store.get_auth_chain(list(events)):
+            room.events[event.event_id] = event
+        room.events.update(events)
+        room.state = {key: events[eid] for key, eid in state_ids.items()}
+        room.tips = list(extremities)
+        room.last = events[extremities[0]]
+        return room
+
+    def make(self, *args: Any, **kwargs: Any) -> Event:
+        """``RoomBuilder.make``; after ``follow`` the first event's prev_events are
+        all the followed room's forward extremities."""
+        if kwargs.get("prev_events") is None and self.tips:
+            kwargs["prev_events"] = list(self.tips)
+        return super().make(*args, **kwargs)
+
+    def apply(self, event: Event) -> Event:
+        self.tips = []
+        return super().apply(event)
 
     def from_template(
         self, template: Mapping[str, Any], server_name: str, **overrides: Any
