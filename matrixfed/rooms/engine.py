@@ -453,8 +453,8 @@ class RoomEngine:
             if event.membership == "invite" and target_server is not None:
                 event = await self._countersign_invite(event, state_ids, target_server)
             servers_before = await self.store.get_joined_servers(room_id)
-            persisted = await self.store.persist_events(
-                room_id, [EventWithContext(event, state_before=group)]
+            persisted = await self.inbound.persist(
+                EventWithContext(event, state_before=group), state_ids
             )
         self._notify(room_id, [event], persisted)
         await self.fan_out(event, servers_before, exclude=())

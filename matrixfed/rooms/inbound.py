@@ -340,14 +340,25 @@ class InboundPdus:
     # --- state ---------------------------------------------------------------
 
     async def resolve(
-        self, rv: RoomVersion, sets: Sequence[Mapping[tuple[str, str], str]]
+        self,
+        rv: RoomVersion,
+        sets: Sequence[Mapping[tuple[str, str], str]],
+        *,
+        extra: Sequence[Event] = (),
     ) -> StateMapIds:
-        """State resolution over ``sets`` with events from the store."""
+        """State resolution over ``sets`` with events from the store.
+
+        Args:
+            extra: events not stored yet that the sets may name (the event
+                being persisted); their auth events must be stored.
+        """
         if all(s == sets[0] for s in sets[1:]):
             return dict(sets[0])
         ids = {eid for s in sets for eid in s.values()}
+        ids.update(a for e in extra for a in e.auth_event_ids)
         chain = await self._store.get_auth_chain_ids(ids, include_given=True)
         event_map = await self._store.get_events(chain)
+        event_map.update((e.event_id, e) for e in extra)
         rejected = frozenset(await self._store.get_rejected(chain))
         clock = self._engine.clock
         size = sum(len(s) for s in sets)
@@ -392,7 +403,7 @@ class InboundPdus:
                 after = await self._store.get_state_after(x)
                 if after is not None:
                     sets.append(dict(after))
-            current = await self.resolve(event.room_version, sets)
+            current = await self.resolve(event.room_version, sets, extra=[event])
             log.info(
                 "resolved state of {room_id} over {n} forward extremities",
                 room_id=event.room_id,

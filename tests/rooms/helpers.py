@@ -138,3 +138,65 @@ def make_engine(
         notifier=Notifier(clock=clock, store=store),
         sender=sender,
     )
+
+
+def sign_as(pdu: dict[str, Any], rv: Any, server: str) -> Event:
+    """Hash and sign ``pdu`` as ``server`` (v1/v2: a fresh event ID of that server)."""
+    from matrixfed.events.room_versions import EventFormat
+    from matrixfed.events.signing import sign_event
+    from matrixfed.rooms.builder import new_v1_event_id
+
+    event_id = None
+    if rv.event_format is EventFormat.V1:
+        event_id = pdu.setdefault("event_id", new_v1_event_id(server))
+    pdu.pop("signatures", None)
+    sign_event(pdu, rv, server, signing_key_for(server))
+    return Event(pdu, rv, event_id)
+
+
+async def remote_event(
+    engine: RoomEngine,
+    room_id: str,
+    *,
+    type: str,
+    sender: str,
+    content: Mapping[str, Any],
+    state_key: str | None = None,
+    prev_events: list[Event] | None = None,
+    auth_state: Mapping[tuple[str, str], str] | None = None,
+    ts_offset: int = 0,
+    known: list[Event] = (),  # type: ignore[assignment]
+) -> Event:
+    """An event of a remote sender built the way its server would build it.
+
+    By default on our current state and forward extremities; ``prev_events``
+    and ``auth_state`` build it elsewhere in the DAG.
+    """
+    from matrixfed.auth.selection import select_auth_event_ids
+    from matrixfed.rooms.builder import pdu_template
+
+    rv = await engine.room_version_of(room_id)
+    server = sender.split(":", 1)[1]
+    state = dict(
+        auth_state if auth_state is not None else await engine.store.get_current_state_ids(room_id)
+    )
+    if prev_events is None:
+        ids = await engine.store.get_forward_extremities(room_id)
+        prev_events = list((await engine.store.get_events(ids)).values())
+    auth_ids = select_auth_event_ids(rv, type, sender, state_key, content, state)
+    auth = await engine.store.get_events(auth_ids)
+    auth.update({e.event_id: e for e in known})
+    pdu = pdu_template(
+        rv,
+        room_id=room_id,
+        event_type=type,
+        sender=sender,
+        content=content,
+        state_key=state_key,
+        redacts=None,
+        prev_events=prev_events,
+        auth_events=[auth[a] for a in auth_ids],
+        origin=server,
+        origin_server_ts=engine.now_ms() + ts_offset,
+    )
+    return sign_as(pdu, rv, server)
