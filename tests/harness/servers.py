@@ -19,12 +19,15 @@ attribute names (None while a part is not wired in).
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
 from twisted.internet import reactor as _reactor
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from matrixfed.config import Config
@@ -34,7 +37,26 @@ from tests.harness.fakeremote import FakeRemote
 
 reactor: Any = _reactor
 
-__all__ = ["ServerHandle", "TestNetwork", "free_port"]
+__all__ = ["ServerHandle", "TestNetwork", "eventually", "free_port"]
+
+# Polling step and budget of ``eventually`` (real reactor turns, for work
+# running on other servers and database threads; not a timing assertion).
+POLL_SECONDS = 0.02
+POLL_LIMIT = 1000
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], what: str = "condition"
+) -> None:
+    """Wait until ``condition()`` (sync or async) holds; fail after POLL_LIMIT tries."""
+    for _ in range(POLL_LIMIT):
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await deferLater(reactor, POLL_SECONDS)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_port() -> int:
