@@ -45,12 +45,16 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from matrixfed.clientapi.api import install_client_api
 from matrixfed.config import Config, ConfigError
 from matrixfed.errors import MatrixError
 from matrixfed.federation.client import FederationClient, build_federation_client
 from matrixfed.federation.sender import OutboundSender
 from matrixfed.federation.server.auth import RequestAuthenticator
+from matrixfed.federation.server.directory import DirectoryQueries
 from matrixfed.federation.server.keys import LocalKeyServer, NotaryServer
+from matrixfed.federation.server.membership import MembershipHandshakes
+from matrixfed.federation.server.queries import ResidentQueries
 from matrixfed.federation.server.resource import JsonResource, make_site
 from matrixfed.federation.server.transactions import TransactionHandler
 from matrixfed.federation.server.version import version_endpoints
@@ -411,6 +415,11 @@ def make_service(config: Config, *, reactor: Any = None) -> MatrixfedService:
         notifier=notifier,
     )
     federation_resource.add_endpoints(TransactionHandler(engine=engine, clock=reactor).endpoints())
+    federation_resource.add_endpoints(
+        MembershipHandshakes(engine=engine).endpoints()
+        + ResidentQueries(store=store, server_name=config.server_name, clock=reactor).endpoints()
+        + DirectoryQueries(store=store, server_name=config.server_name).endpoints()
+    )
 
     svc = MatrixfedService(
         config=config,
@@ -447,6 +456,8 @@ def make_service(config: Config, *, reactor: Any = None) -> MatrixfedService:
                 make_site(federation_resource, max_body_size=config.max_request_body_size),
             )
         )
+    # The client-server API (matrixfed.clientapi): users, rooms, sync.
+    install_client_api(svc)
     client_description = config.client_listen_endpoint
     if client_description is not None:
         svc._add_listener(

@@ -78,7 +78,7 @@ class SingleServerTests(ServiceTestCase):
         svc = await self.start(self.config())
         port = svc.listening_port("client")
         assert port is not None
-        for path in ["/_matrix/client/versions", "/"]:
+        for path in ["/_matrix/client/v3/no_such_endpoint", "/"]:
             code, body = await http_get_json(f"http://127.0.0.1:{port.getHost().port}{path}")
             self.assertEqual((code, body["errcode"]), (404, "M_UNRECOGNIZED"))
 

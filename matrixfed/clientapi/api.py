@@ -109,3 +109,55 @@ class ClientApi:
         for group in self._groups:
             out.extend(group.endpoints())
         return out
+
+
+def install_client_api(svc: Any) -> ClientApi:
+    """Build the client API for a ``MatrixfedService`` and register its endpoints.
+
+    Uses the service's store, engine, notifier and federation client, and its
+    join coordinator (``svc.joiner``) when the service has one; otherwise one is
+    built here. Password hashing runs on the reactor's thread pool.
+
+    Returns:
+        The ClientApi (also set as ``svc.client_api``).
+    """
+    from twisted.internet.threads import deferToThreadPool
+
+    reactor = svc.reactor
+    config = svc.config
+
+    async def run_blocking(fn: Callable[[], Any]) -> Any:
+        return await deferToThreadPool(reactor, reactor.getThreadPool(), fn)
+
+    joiner = getattr(svc, "joiner", None)
+    if joiner is None:
+        from matrixfed.joins.coordinator import JoinCoordinator
+        from matrixfed.joins.fedclient import FederationJoinClient
+        from matrixfed.joins.threads import PoolRunner
+
+        joiner = JoinCoordinator(
+            store=svc.store,
+            engine=svc.engine,
+            federation_client=FederationJoinClient(client=svc.federation_client),
+            keyring=svc.keyring,
+            clock=reactor,
+            server_name=config.server_name,
+            signing_key=svc.signing_keys.primary,
+            runner=PoolRunner(reactor=reactor, threadpool=reactor.getThreadPool()),
+        )
+        svc.joiner = joiner
+    api = ClientApi(
+        server_name=config.server_name,
+        store=svc.store,
+        engine=svc.engine,
+        joiner=joiner,
+        notifier=svc.notifier,
+        federation=svc.federation_client,
+        clock=reactor,
+        enable_registration=config.enable_registration,
+        registration_shared_secret=config.registration_shared_secret,
+        run_blocking=run_blocking,
+    )
+    svc.client_resource.add_endpoints(api.endpoints())
+    svc.client_api = api
+    return api
