@@ -325,6 +325,13 @@ class Config:
         "/_synapse/admin/v1/register (register_new_matrix_user)",
         parse=_as_optional_str,
     )
+    join_partial_state: bool = option(
+        True,
+        help="Join remote rooms without their full state (partial-state join, members "
+        "fetched in the background)",
+        parse=_as_bool,
+        kind="flag",
+    )
 
     def __attrs_post_init__(self) -> None:
         _check_server_name(self, None, self.server_name)

@@ -58,6 +58,7 @@ from matrixfed.federation.server.queries import ResidentQueries
 from matrixfed.federation.server.resource import JsonResource, make_site
 from matrixfed.federation.server.transactions import TransactionHandler
 from matrixfed.federation.server.version import version_endpoints
+from matrixfed.joins import FederationJoinClient, JoinCoordinator, PoolRunner
 from matrixfed.keys.keyring import KeyRing
 from matrixfed.keys.signing_key import ServerSigningKeys, load_server_signing_keys
 from matrixfed.rooms.engine import RoomEngine
@@ -177,6 +178,9 @@ class MatrixfedService(MultiService):
         # The outbound federation sender (set by make_service; started after the
         # database, stopped before it closes).
         self.sender: OutboundSender | None = None
+        # Remote joins and leaves (set by make_service).
+        self.join_coordinator: JoinCoordinator | None = None
+        self.joiner: JoinCoordinator | None = None
         self.notifier = notifier
         self.on_fatal: Callable[[str], None] | None = None
         self._gate = gate
@@ -248,6 +252,9 @@ class MatrixfedService(MultiService):
         await self.database.start()
         if self.sender is not None:
             await self.sender.start()
+        if self.join_coordinator is not None:
+            # Partial-state rooms left by the last run fetch their members again.
+            await self.join_coordinator.resume_partial_state_rooms()
         self._gate.open()
         log.info("matrixfed serving as {server_name}", server_name=self.config.server_name)
 
@@ -456,6 +463,20 @@ def make_service(config: Config, *, reactor: Any = None) -> MatrixfedService:
                 make_site(federation_resource, max_body_size=config.max_request_body_size),
             )
         )
+    # Remote joins and leaves (matrixfed.joins); the client API uses it as ``joiner``.
+    svc.join_coordinator = JoinCoordinator(
+        store=store,
+        engine=engine,
+        federation_client=FederationJoinClient(client=client),
+        keyring=keyring,
+        clock=reactor,
+        server_name=config.server_name,
+        signing_key=keys.primary,
+        runner=PoolRunner(reactor=reactor, threadpool=reactor.getThreadPool()),
+        partial_state=config.join_partial_state,
+        verify_workers=os.cpu_count() or 2,
+    )
+    svc.joiner = svc.join_coordinator
     # The client-server API (matrixfed.clientapi): users, rooms, sync.
     install_client_api(svc)
     client_description = config.client_listen_endpoint
