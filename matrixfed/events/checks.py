@@ -19,16 +19,20 @@ hashes/signatures/unsigned (content hash, and the whole-PDU size by adding the
 small remaining members), once in redacted form (reference hash, hence the
 event ID, and the bytes every signature covers).
 
-``check_pdus`` does a list and returns one result per PDU; it has no shared
-state, so callers run chunks of a large batch on a thread pool.
+``check_pdus`` does a list and returns one result per PDU. It prepares
+every PDU first and then verifies all signatures back to back, which keeps
+the ed25519 code hot and makes it markedly faster per event than a loop over
+``check_pdu``: use it for transactions and join responses. It has no shared
+state, so callers run chunks of a large batch on a thread pool (nacl releases
+the GIL while verifying).
 """
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from unpaddedbase64 import decode_base64
 
@@ -72,6 +76,61 @@ def check_pdu(
             for the rejectable EventSizeError).
         matrixfed.errors.SignatureError: a required signature is missing or bad.
     """
+    return _finish(_prepare(pdu, room_version, backfilled), keys)
+
+
+def check_pdus(
+    pdus: Sequence[Any],
+    room_version: RoomVersion,
+    keys: KeyMap,
+    *,
+    backfilled: bool = False,
+) -> list[CheckResult]:
+    """``check_pdu`` over a list; one result per PDU, in order.
+
+    Faster per event than calling ``check_pdu`` in a loop: it first encodes
+    and validates every PDU, then verifies all signatures back to back, so
+    the ed25519 code and tables stay in the CPU caches.
+
+    Returns:
+        For each PDU the Event (possibly redacted) or the InvalidEventError /
+        SignatureError it raised.
+    """
+    prepared: list[_Prepared | InvalidEventError | SignatureError] = []
+    for pdu in pdus:
+        try:
+            prepared.append(_prepare(pdu, room_version, backfilled))
+        except (InvalidEventError, SignatureError) as e:
+            prepared.append(e)
+    results: list[CheckResult] = []
+    for item in prepared:
+        if isinstance(item, _Prepared):
+            try:
+                results.append(_finish(item, keys))
+            except (InvalidEventError, SignatureError) as e:
+                results.append(e)
+        else:
+            results.append(item)
+    return results
+
+
+class _Prepared(NamedTuple):
+    """A PDU that passed validation, with what verifying it needs (a
+    NamedTuple: cheap to build once per event, immutable)."""
+
+    pdu: dict[str, Any]
+    room_version: RoomVersion
+    event_id: str
+    content_json: bytes  # canonical JSON of the hashed part
+    redacted: dict[str, Any]  # redacted form without signatures
+    signatures: Any
+    signing_json: bytes  # canonical JSON of ``redacted``
+    servers: set[str]
+    any_server: bool
+    rejectable: EventSizeError | None
+
+
+def _prepare(pdu: Any, room_version: RoomVersion, backfilled: bool) -> _Prepared:
     if type(pdu) is not dict:
         raise InvalidEventError("PDU is not a JSON object")
     try:
@@ -98,50 +157,41 @@ def check_pdu(
         event_id: str = pdu["event_id"]
     else:
         event_id = event_id_from_reference_hash(hashlib.sha256(signing_json).digest(), room_version)
-
     servers, any_server = signing_servers(pdu, room_version)
-    verify_signatures_over(
-        event_id=event_id,
-        signatures=signatures,
-        servers=servers,
-        any_server=any_server,
-        message=signing_json,
-        origin_server_ts=pdu["origin_server_ts"],
-        room_version=room_version,
-        keys=keys,
+    return _Prepared(
+        pdu,
+        room_version,
+        event_id,
+        content_json,
+        redacted,
+        signatures,
+        signing_json,
+        servers,
+        any_server,
+        rejectable,
     )
 
-    if _hash_matches(pdu["hashes"]["sha256"], content_json):
-        event = Event(pdu, room_version, event_id)
+
+def _finish(prep: _Prepared, keys: KeyMap) -> Event:
+    pdu = prep.pdu
+    verify_signatures_over(
+        event_id=prep.event_id,
+        signatures=prep.signatures,
+        servers=prep.servers,
+        any_server=prep.any_server,
+        message=prep.signing_json,
+        origin_server_ts=pdu["origin_server_ts"],
+        room_version=prep.room_version,
+        keys=keys,
+    )
+    if _hash_matches(pdu["hashes"]["sha256"], prep.content_json):
+        event = Event(pdu, prep.room_version, prep.event_id)
     else:
-        redacted["signatures"] = signatures
-        event = Event(redacted, room_version, event_id)
-
-    if rejectable is not None:
-        raise EventSizeError(str(rejectable), rejectable=True, event=event)
+        redacted = dict(prep.redacted, signatures=prep.signatures)
+        event = Event(redacted, prep.room_version, prep.event_id)
+    if prep.rejectable is not None:
+        raise EventSizeError(str(prep.rejectable), rejectable=True, event=event)
     return event
-
-
-def check_pdus(
-    pdus: Sequence[Any],
-    room_version: RoomVersion,
-    keys: KeyMap,
-    *,
-    backfilled: bool = False,
-) -> list[CheckResult]:
-    """``check_pdu`` over a list; one result per PDU, in order.
-
-    Returns:
-        For each PDU the Event (possibly redacted) or the InvalidEventError /
-        SignatureError it raised.
-    """
-    results: list[CheckResult] = []
-    for pdu in pdus:
-        try:
-            results.append(check_pdu(pdu, room_version, keys, backfilled=backfilled))
-        except (InvalidEventError, SignatureError) as e:
-            results.append(e)
-    return results
 
 
 def _whole_size(content_json: bytes, pdu: dict[str, Any]) -> int:
@@ -165,7 +215,7 @@ def _whole_size(content_json: bytes, pdu: dict[str, Any]) -> int:
 def _hash_matches(claimed_b64: str, content_json: bytes) -> bool:
     digest = hashlib.sha256(content_json).digest()
     # Fast path: the sender wrote the hash as we would (unpadded standard base64).
-    if base64.b64encode(digest).decode("ascii").rstrip("=") == claimed_b64:
+    if binascii.b2a_base64(digest, newline=False).decode("ascii").rstrip("=") == claimed_b64:
         return True
     # Otherwise decode leniently, as signedjson/Synapse do, and compare bytes.
     try:

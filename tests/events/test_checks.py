@@ -131,6 +131,34 @@ class CheckPduTests(unittest.TestCase):
 
 
 class CheckPdusTests(unittest.TestCase):
+    def test_same_answers_as_check_pdu(self) -> None:
+        tampered = signed_pdu(V12, n=4)
+        tampered["content"]["body"] = "changed"  # hash mismatch: redacted
+        wide = signed_pdu(V10, event_type="é" * 128)  # rejectable in v10
+        cases: list[tuple[Any, Any]] = [
+            (signed_pdu(V12, n=1), V12),
+            (tampered, V12),
+            ({"type": 5}, V12),
+            (signed_pdu(V12, n=5, signers=(SERVER_B,)), V12),
+            (wide, V10),
+        ]
+        for pdu, rv in cases:
+            [batched] = check_pdus([pdu], rv, default_keys())
+            try:
+                single: Any = check_pdu(pdu, rv, default_keys())
+            except (InvalidEventError, SignatureError) as e:
+                single = e
+            self.assertIs(type(batched), type(single))
+            if isinstance(single, Event):
+                self.assertEqual(batched.event_id, single.event_id)  # type: ignore[union-attr]
+                self.assertEqual(batched.pdu, single.pdu)  # type: ignore[union-attr]
+            else:
+                self.assertEqual(str(batched), str(single))
+        [rejectable] = check_pdus([wide], V10, default_keys())
+        assert isinstance(rejectable, EventSizeError)
+        self.assertTrue(rejectable.rejectable)
+        self.assertEqual(rejectable.event.event_id, compute_event_id(wide, V10))
+
     def test_one_result_per_pdu_in_order(self) -> None:
         good = signed_pdu(V12, n=1)
         bad_sig = signed_pdu(V12, n=2)
