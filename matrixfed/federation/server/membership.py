@@ -155,11 +155,14 @@ class MembershipHandshakes:
     async def _room(self, origin: str | None, room_id: str) -> tuple[str, RoomVersion]:
         if origin is None:
             raise forbidden("Requests must be authenticated")
-        rv = await self._store.get_room_version(room_id)
-        if rv is None or not await self._store.is_host_joined(room_id, self._server_name):
+        info = await self._store.get_room(room_id)
+        if info is None or not await self._store.is_host_joined(room_id, self._server_name):
             raise not_found("Unknown room")
+        if info.partial_state:
+            # Our state is incomplete: we cannot judge or answer a join yet.
+            raise not_found("This server is not fully joined to the room yet")
         await check_server_acl(self._store, room_id, origin)
-        return origin, rv
+        return origin, get_room_version(info.room_version)
 
     async def _auth_state(
         self, event: Event, state_ids: Mapping[tuple[str, str], str]

@@ -218,6 +218,10 @@ class ResidentQueries:
             raise _missing("event_id")
         await self.assert_may_read(request.origin, room_id)
         await self._room_event(room_id, event_id)
+        info = await self._store.get_room(room_id)
+        if info is not None and info.partial_state:
+            # spec: 404 when we do not know the state at the event well enough.
+            raise not_found("This server has only partial state for the room")
         state = await self._store.get_state_before(event_id)
         if state is None:
             raise not_found(f"State at {event_id} is not known")

@@ -390,6 +390,27 @@ class RestrictedJoinTests(MembershipCase):
         await self.assert_error(self.submit(room_id, pdu, origin=THIRD), 403, "M_FORBIDDEN")
         self.assertEqual(await self.stored_count(), count)
 
+    async def test_no_local_inviter_cannot_grant(self) -> None:
+        await self.setup()
+        allowed = await self.room("10")
+        await self.join(allowed, BOB)
+        room_id = await self.room(
+            "10",
+            preset="private_chat",
+            power_level_content_override={"invite": 101},
+            initial_state=[
+                {
+                    "type": "m.room.join_rules",
+                    "state_key": "",
+                    "content": {
+                        "join_rule": "restricted",
+                        "allow": [{"type": "m.room_membership", "room_id": allowed}],
+                    },
+                }
+            ],
+        )
+        await self.assert_error(self.make(room_id), 400, "M_UNABLE_TO_GRANT_JOIN")
+
     async def test_unknown_allowed_rooms_cannot_be_judged(self) -> None:
         await self.setup()
         room_id = await self.restricted_room(["!elsewhere:z.example"])
@@ -514,6 +535,43 @@ class InviteTests(MembershipCase):
         self.assertIn(OURS, body[1]["event"]["signatures"])
         invites = await self.store.get_invites_for_user(DAVE)
         self.assertEqual([i.event_id for i in invites], [event.event_id])
+
+    async def test_invite_into_a_room_we_hold_follows_its_rules(self) -> None:
+        await self.setup()
+        rv = get_room_version("10")
+        strict = await self.room("10")
+        lenient = await self.room("10", power_level_content_override={"invite": 0})
+        for room_id in (strict, lenient):
+            await self.join(room_id, CAROL)
+        for room_id, allowed in ((strict, False), (lenient, True)):
+            template = await self.engine.build_event(
+                room_id,
+                type="m.room.member",
+                sender=CAROL,
+                state_key=DAVE,
+                content={"membership": "invite"},
+            )
+            pdu = sign_as(template, rv, THIRD)
+            req = request(
+                "PUT",
+                INVITE_V2,
+                {"roomId": room_id, "eventId": event_id_of(pdu, rv)},
+                origin=THIRD,
+                content={"room_version": "10", "event": pdu, "invite_room_state": []},
+            )
+            if allowed:
+                code, body = await self.hs.on_invite_v2(req)
+                self.assertIn(OURS, body["event"]["signatures"])
+            else:
+                await self.assert_error(self.hs.on_invite_v2(req), 403, "M_FORBIDDEN")
+        invites = await self.store.get_invites_for_user(DAVE)
+        self.assertEqual([i.room_id for i in invites], [lenient])
+
+    async def test_partial_state_rooms_are_not_served(self) -> None:
+        await self.setup()
+        room_id = await self.room("10")
+        await self.store.set_room_partial_state(room_id, True)
+        await self.assert_error(self.make(room_id), 404, "M_NOT_FOUND")
 
     async def test_bad_invites(self) -> None:
         await self.setup()
