@@ -186,6 +186,28 @@ class RoomEngine:
             raise MatrixError(404, "M_NOT_FOUND", f"unknown room {room_id}")
         return rv
 
+    async def current_state_ids(self, room_id: str) -> dict[tuple[str, str], str]:
+        """The current state through its state group (cached by the store,
+        unlike the current_state_events rows); empty for an unknown room."""
+        group = await self.store.get_current_state_group(room_id)
+        if group is None:
+            return {}
+        return await self.store.get_state_ids_for_group(group)
+
+    async def current_auth_state(self, event: Event) -> dict[tuple[str, str], Event]:
+        """The auth-relevant entries of the room's current state for ``event``."""
+        keys = auth_types_for_event(
+            event.room_version, event.type, event.sender, event.state_key, event.content
+        )
+        keys.add(CREATE_KEY)
+        ids: dict[tuple[str, str], str] = {}
+        for t, sk in keys:
+            eid = await self.store.get_current_state_event_id(event.room_id, t, sk)
+            if eid is not None:
+                ids[(t, sk)] = eid
+        events = await self.store.get_events(ids.values())
+        return {k: events[eid] for k, eid in ids.items() if eid in events}
+
     async def auth_state_for(
         self, event: Event, state_ids: Mapping[tuple[str, str], str]
     ) -> dict[tuple[str, str], Event]:
@@ -265,7 +287,7 @@ class RoomEngine:
             MatrixError: 404 for an unknown room.
         """
         rv = await self.room_version_of(room_id)
-        state_ids = dict(await self.store.get_current_state_ids(room_id))
+        state_ids = dict(await self.current_state_ids(room_id))
         if not state_ids:
             raise MatrixError(404, "M_NOT_FOUND", f"no state for room {room_id}")
         if extra_auth_state:
@@ -430,10 +452,10 @@ class RoomEngine:
             raise MatrixError(400, "M_INVALID_PARAM", f"{sender} is not a local user")
         async with self.room_lock(room_id):
             rv = await self.room_version_of(room_id)
-            state_ids = await self.store.get_current_state_ids(room_id)
-            if not state_ids:
-                raise MatrixError(404, "M_NOT_FOUND", f"no state for room {room_id}")
             group = await self.store.get_current_state_group(room_id)
+            if group is None:
+                raise MatrixError(404, "M_NOT_FOUND", f"no state for room {room_id}")
+            state_ids = await self.store.get_state_ids_for_group(group)
             pdu = await self._template(
                 rv,
                 room_id,

@@ -139,6 +139,14 @@ class InboundPdus:
             return f"auth events: {e}"
         return None
 
+    async def _fails_current_state(self, event: Event) -> bool:
+        try:
+            check_auth(event, await self._engine.current_auth_state(event))
+        except AuthError as e:
+            log.debug("{event_id} fails against current state: {e}", event_id=event.event_id, e=e)
+            return True
+        return False
+
     async def _state_reason(self, event: Event, state: Mapping[tuple[str, str], str]) -> str | None:
         try:
             check_auth(event, await self._engine.auth_state_for(event, state))
@@ -375,17 +383,24 @@ class InboundPdus:
             return result
         return resolve_state(rv, sets, event_map, rejected_event_ids=rejected)
 
-    async def _state_before(self, origin: str, event: Event) -> StateMapIds:
+    async def _state_before(self, origin: str, event: Event) -> tuple[int | None, StateMapIds]:
+        """(the state group, when one existing group is the state before; the state)."""
         rv = event.room_version
+        prevs = list(dict.fromkeys(event.prev_event_ids))
+        groups = await self._store.get_state_groups_for_events(prevs)
+        after_groups = {groups[p][1] for p in prevs if p in groups}
+        if prevs and len(groups) == len(prevs) and len(after_groups) == 1:
+            group = after_groups.pop()
+            return group, await self._store.get_state_ids_for_group(group)
         sets: list[StateMapIds] = []
-        for p in dict.fromkeys(event.prev_event_ids):
+        for p in prevs:
             after = await self._store.get_state_after(p)
             if after is None:
                 after = await self._remote_state_after(origin, event.room_id, rv, p)
             sets.append(dict(after))
         if not sets:
             raise InvalidEventError("event has no prev_events")
-        return await self.resolve(rv, sets)
+        return None, await self.resolve(rv, sets)
 
     async def persist(
         self, ctx: EventWithContext, before: Mapping[tuple[str, str], str]
@@ -457,16 +472,23 @@ class InboundPdus:
             reason = await self._auth_events_reason(event)
         if fill_gaps:
             await self._fill_gap(origin, event)
-        before = await self._state_before(origin, event)
-        if reason is None:
+        group, before = await self._state_before(origin, event)
+        room = await self._store.get_room(event.room_id)
+        # With partial state (a faster join) the state lacks most members: the
+        # auth events were checked; the state checks wait for the resync.
+        partial = room is not None and room.partial_state
+        if reason is None and not partial:
             reason = await self._state_reason(event, before)
         soft_failed = False
-        if reason is None:
-            current = await self._store.get_current_state_ids(event.room_id)
-            if current != before and await self._state_reason(event, current) is not None:
-                soft_failed = True
+        if reason is None and not partial:
+            current = await self._store.get_current_state_group(event.room_id)
+            if current is None or current != group:
+                soft_failed = await self._fails_current_state(event)
         ctx = EventWithContext(
-            event, rejected_reason=reason, soft_failed=soft_failed, state_before=before
+            event,
+            rejected_reason=reason,
+            soft_failed=soft_failed,
+            state_before=before if group is None else group,
         )
         persisted = await self.persist(ctx, before)
         if reason is not None:
@@ -553,17 +575,17 @@ class InboundPdus:
             if any(p not in statuses or statuses[p].outlier for p in prevs):
                 raise MatrixError(400, "M_INVALID_PARAM", "unknown prev_events")
             reason = await self._auth_events_reason(event)
-            before = await self._state_before(origin, event)
+            group, before = await self._state_before(origin, event)
             if reason is None:
                 reason = await self._state_reason(event, before)
-            if reason is None:
-                current = await self._store.get_current_state_ids(room_id)
-                if current != before:
-                    reason = await self._state_reason(event, current)
+            if reason is None and await self._fails_current_state(event):
+                reason = "not allowed by the room's current state"
             if reason is not None:
                 raise MatrixError(403, "M_FORBIDDEN", reason)
             servers_before = await self._store.get_joined_servers(room_id)
-            persisted = await self.persist(EventWithContext(event, state_before=before), before)
+            persisted = await self.persist(
+                EventWithContext(event, state_before=before if group is None else group), before
+            )
         engine._notify(room_id, [event], persisted)
         await engine.fan_out(event, servers_before, exclude=(origin,))
         return event, before
