@@ -33,7 +33,14 @@ from matrixfed.events.signing import (
     verify_event_signatures,
 )
 from matrixfed.events.validation import validate_pdu
-from tests.events.fixtures import key_map, load_sample, sample_keys, signed_pdu, walk_pdus
+from tests.events.fixtures import (
+    SAMPLES,
+    key_map,
+    load_sample,
+    sample_keys,
+    signed_pdu,
+    walk_pdus,
+)
 
 SEED = "YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1"
 
@@ -243,11 +250,16 @@ class SynapseSampleTests(unittest.TestCase):
         pdus = []
         for name in SAMPLE_FILES:
             pdus.extend(walk_pdus(load_sample(name)))
+        # Every request and response the two Synapse servers exchanged.
+        for name in ("fedlog_inbound_to_A.jsonl", "fedlog_inbound_to_B.jsonl"):
+            with open(SAMPLES / name) as f:
+                for line in f:
+                    pdus.extend(walk_pdus(json.loads(line)))
         return pdus
 
     def test_samples_present(self) -> None:
         pdus = self.sample_pdus()
-        self.assertGreater(len(pdus), 25)
+        self.assertGreater(len(pdus), 60)
         self.assertEqual(self.rv.identifier, "12")
 
     def test_every_event_validates_and_verifies(self) -> None:
