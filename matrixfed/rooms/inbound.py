@@ -35,9 +35,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from signedjson.sign import SignatureVerifyException, verify_signed_json
+from nacl.exceptions import CryptoError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from unpaddedbase64 import decode_base64
 
 from matrixfed.auth.rules import auth_state_from_events, check_auth, check_auth_events_refs
 from matrixfed.auth.selection import CREATE_KEY
@@ -50,9 +51,9 @@ from matrixfed.errors import (
     SignatureError,
 )
 from matrixfed.events.checks import check_pdu
+from matrixfed.events.hashing import redacted_signing_json
 from matrixfed.events.identifiers import domain_of
 from matrixfed.events.model import Event
-from matrixfed.events.redaction import redact
 from matrixfed.events.room_versions import RoomVersion
 from matrixfed.state.resolve import resolve_state
 from matrixfed.storage.persist import EventWithContext, PersistedEvent, StateResolutionRequired
@@ -614,11 +615,11 @@ class InboundPdus:
         if not isinstance(sigs, dict) or not sigs:
             raise MatrixError(502, "M_UNKNOWN", f"{destination} did not sign the invite")
         keys = await self._engine.keyring.get_keys_batch({destination: dict.fromkeys(sigs, 0)})
-        signed = redact(event.pdu, rv)
-        for key in keys.get(destination, {}).values():
+        message = redacted_signing_json(event.pdu, rv)
+        for key_id, key in keys.get(destination, {}).items():
             try:
-                verify_signed_json(signed, destination, key.verify_key)
+                key.verify_key.verify(message, decode_base64(sigs.get(key_id, "")))
                 return event
-            except SignatureVerifyException:
+            except (CryptoError, ValueError):
                 continue
         raise MatrixError(502, "M_UNKNOWN", f"{destination}'s invite signature does not verify")

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
+from urllib.parse import quote
 
 from twisted.trial import unittest
 
 from matrixfed.auth.rules import check_auth
-from matrixfed.errors import MatrixError
+from matrixfed.errors import MatrixError, RemoteError
 from matrixfed.events.checks import check_pdu
 from matrixfed.events.keys import ServerVerifyKey
 from matrixfed.events.room_versions import KNOWN_ROOM_VERSIONS
+from matrixfed.events.room_versions import get_room_version as engine_rv
+from matrixfed.events.signing import sign_event
 from matrixfed.rooms.engine import RoomEngine
 from matrixfed.storage.store import Store
 from tests.auth.roombuilder import signing_key_for
-from tests.rooms.helpers import ALICE, BOB, LOCAL, RecordingSender, make_engine
+from tests.rooms.helpers import (
+    ALICE,
+    BOB,
+    LOCAL,
+    FakeFederation,
+    RecordingSender,
+    make_engine,
+)
 from tests.storage.harness import SqliteMixin
 
 CAROL_LOCAL = "@carol:a.example"
@@ -244,6 +255,89 @@ class EngineTestsMixin(SqliteMixin):
         # Only we are in the room: nothing to send.
         self.assertEqual(sender.sent, [])
         self.assertEqual(msg.sender, ALICE)
+
+    async def test_invite_remote_user_countersigned(self) -> None:
+        for version in ("1", "10", "12"):
+            fed = FakeFederation()
+            sender = RecordingSender()
+            engine, store = await self._engine(federation=fed, sender=sender)
+            room_id = await engine.create_room(ALICE, room_version=version, name="R")
+            seen: list[Any] = []
+
+            def invite(dest: str, path: str, body: Any, args: Any, seen: list[Any] = seen) -> Any:
+                seen.append((dest, path, body))
+                pdu = copy.deepcopy(body["event"])
+                sign_event(
+                    pdu, engine_rv(body["room_version"]), "b.example", signing_key_for("b.example")
+                )
+                return {"event": pdu}
+
+            fed.on("PUT", "/_matrix/federation/v2/invite/", invite)
+            event = await engine.send_event(
+                room_id,
+                type="m.room.member",
+                sender=ALICE,
+                content={"membership": "invite"},
+                state_key=BOB,
+            )
+            dest, path, body = seen[0]
+            self.assertEqual(dest, "b.example")
+            self.assertIn(quote(event.event_id, safe=""), path)
+            types = {e["type"] for e in body["invite_room_state"]}
+            self.assertIn("m.room.name", types)
+            self.assertIn("m.room.create", types)
+            self.assertIn("b.example", event.signatures)
+            self.assertEqual(await store.get_membership(room_id, BOB), ("invite", event.event_id))
+            self.assertEqual(sender.sent[-1], (event, ["b.example"]))
+
+    async def test_invite_refused_by_remote_stores_nothing(self) -> None:
+        fed = FakeFederation()
+        engine, store = await self._engine(federation=fed)
+        room_id = await engine.create_room(ALICE, room_version="11")
+
+        def refuse(dest: str, path: str, body: Any, args: Any) -> Any:
+            raise RemoteError(
+                dest, "no", reachable=True, transient=False, code=403, errcode="M_FORBIDDEN"
+            )
+
+        fed.on("PUT", "/_matrix/federation/v2/invite/", refuse)
+        position = await store.get_current_stream_ordering()
+        with self.assertRaises(MatrixError) as cm:
+            await engine.send_event(
+                room_id,
+                type="m.room.member",
+                sender=ALICE,
+                content={"membership": "invite"},
+                state_key=BOB,
+            )
+        self.assertEqual(cm.exception.code, 403)
+        # An answer that is not our event signed by them is refused too.
+        fed.handlers.clear()
+        fed.on("PUT", "/_matrix/federation/v2/invite/", lambda *a: {"event": {"type": "x"}})
+        with self.assertRaises(MatrixError) as cm:
+            await engine.send_event(
+                room_id,
+                type="m.room.member",
+                sender=ALICE,
+                content={"membership": "invite"},
+                state_key=BOB,
+            )
+        self.assertEqual(cm.exception.code, 502)
+        fed.handlers.clear()
+        fed.on(
+            "PUT", "/_matrix/federation/v2/invite/", lambda d, p, body, a: {"event": body["event"]}
+        )
+        with self.assertRaises(MatrixError) as cm:
+            await engine.send_event(
+                room_id,
+                type="m.room.member",
+                sender=ALICE,
+                content={"membership": "invite"},
+                state_key=BOB,
+            )
+        self.assertEqual(cm.exception.code, 502)
+        self.assertEqual(await store.get_current_stream_ordering(), position)
+        self.assertIsNone(await store.get_membership(room_id, BOB))
 
 
 class EngineTests(EngineTestsMixin, unittest.TestCase):
