@@ -326,9 +326,9 @@ class Config:
         parse=_as_optional_str,
     )
     join_partial_state: bool = option(
-        True,
-        help="Join remote rooms without their full state (partial-state join, members "
-        "fetched in the background)",
+        False,
+        help="Join remote rooms with partial state (members left out, fetched in the "
+        "background); off: every join waits for the full state",
         parse=_as_bool,
         kind="flag",
     )

@@ -279,6 +279,8 @@ class MatrixfedService(MultiService):
             await children
         if self.sender is not None:
             await self.sender.stop()
+        if self.join_coordinator is not None:
+            self.join_coordinator.stop()
         stops = [
             Deferred.fromCoroutine(_stop_port(listener.port))
             for listener in self._listeners

@@ -21,10 +21,18 @@
    written in ONE ``persist_events`` transaction, under the engine's room
    lock; then the notifier is woken. A failed join stores nothing.
 
-Partial-state joins (``partial_state=True``, the default): the room is usable
-once the partial state is in; the members are fetched in the background by
-``PartialStateResync`` (``partial.py``). If the partial answer is unusable the
-same server is asked again for the full state.
+Partial-state joins (``partial_state=True``, config ``--join-partial-state``):
+the room is usable once the partial state is in; the members are fetched in
+the background by ``PartialStateResync`` (``partial.py``). If the partial
+answer is unusable the same server is asked again for the full state.
+
+Why full joins are the default: until the resync completes the room's state
+lacks most members, and the rest of the server (inbound ``/send`` auth
+against the state before each event, membership reads of the client API)
+treats that state as complete, so events from members we do not know yet
+would be rejected for good. A full join here verifies and stores a
+10,000-member room in about two seconds (bench/bench_join.py), which makes
+that risk a poor trade.
 
 ``leave(room_id, user_id, servers=...)``: a local leave event when the server
 is in the room; otherwise (rejecting a remote invite, retracting a knock) the
@@ -91,7 +99,7 @@ class JoinCoordinator:
         signing_key: SigningKey,
         runner: ThreadRunner,
         supported_room_versions: Sequence[str] = tuple(KNOWN_ROOM_VERSIONS),
-        partial_state: bool = True,
+        partial_state: bool = False,
         verify_workers: int = 2,
     ) -> None:
         """Create the coordinator.
@@ -106,7 +114,8 @@ class JoinCoordinator:
             signing_key: our signing key.
             runner: runs CPU-heavy pure functions on a thread pool.
             supported_room_versions: the ``ver`` values of make_join.
-            partial_state: ask residents for partial-state joins.
+            partial_state: ask residents for partial-state joins (off by
+                default: see the module docstring).
             verify_workers: chunks verified at once (the CPU count).
         """
         self._store = store
@@ -434,7 +443,11 @@ class JoinCoordinator:
         await self._fed.send_leave(server, room_id, event.event_id, event.pdu)
         return event
 
-    # --- start-up ----------------------------------------------------------------
+    # --- start-up and shutdown ---------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop background work (partial-state resyncs); call before the store closes."""
+        self.resync.stop()
 
     async def resume_partial_state_rooms(self) -> Collection[str]:
         """Restart the background resync of every room still in partial state.

@@ -32,9 +32,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredSemaphore,
+    FirstError,
+    gatherResults,
+)
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from matrixfed.auth.selection import CREATE_KEY
 from matrixfed.errors import RemoteError
@@ -97,8 +104,18 @@ class PartialStateResync:
             self._running.pop(room_id, None)
             return result
 
+        def stopped(failure: Failure) -> bool:
+            failure.trap(CancelledError)  # type: ignore[no-untyped-call]
+            return False
+
         d.addBoth(done)
+        d.addErrback(stopped)
         return _follow(d)
+
+    def stop(self) -> None:
+        """Cancel every running resync (service shutdown); rooms stay partial."""
+        for d in list(self._running.values()):
+            d.cancel()
 
     def finished(self, room_id: str) -> Deferred[bool] | None:
         """The running resync of ``room_id``, if any (fires as ``start``'s)."""
@@ -141,6 +158,8 @@ class PartialStateResync:
             for server in servers:
                 try:
                     await self._resync_from(server, room_id, join_event_id)
+                except CancelledError:
+                    raise
                 except (RemoteError, AttemptError) as e:
                     reason = e.message if isinstance(e, RemoteError) else e.reason
                     log.warn(
