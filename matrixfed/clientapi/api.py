@@ -144,10 +144,7 @@ def install_client_api(svc: Any) -> ClientApi:
             server_name=config.server_name,
             signing_key=svc.signing_keys.primary,
             runner=PoolRunner(reactor=reactor, threadpool=reactor.getThreadPool()),
-            # Full-state joins: after a partial-state join the state at the
-            # join event stays partial, and the resident's next events are
-            # rejected ("not joined") until then.
-            partial_state=False,
+            partial_state=getattr(config, "join_partial_state", False),
         )
         svc.joiner = joiner
     api = ClientApi(
