@@ -26,7 +26,7 @@ from tests.rooms.helpers import (
     RecordingSender,
     make_engine,
 )
-from tests.storage.harness import SqliteMixin
+from tests.storage.harness import DatabaseMixin, PostgresMixin, SqliteMixin
 
 CAROL_LOCAL = "@carol:a.example"
 
@@ -38,7 +38,7 @@ def _keys(*servers: str) -> dict[str, dict[str, ServerVerifyKey]]:
     }
 
 
-class EngineTestsMixin(SqliteMixin):
+class EngineTestsMixin(DatabaseMixin):
     async def _engine(self, **kw: Any) -> tuple[RoomEngine, Store]:
         store = await self.make_store()
         return make_engine(store, **kw), store
@@ -340,5 +340,9 @@ class EngineTestsMixin(SqliteMixin):
         self.assertIsNone(await store.get_membership(room_id, BOB))
 
 
-class EngineTests(EngineTestsMixin, unittest.TestCase):
+class EngineTestsSqlite(SqliteMixin, EngineTestsMixin, unittest.TestCase):
+    pass
+
+
+class EngineTestsPostgres(PostgresMixin, EngineTestsMixin, unittest.TestCase):
     pass

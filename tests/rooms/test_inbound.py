@@ -24,12 +24,12 @@ from tests.rooms.helpers import (
     remote_event,
     sign_as,
 )
-from tests.storage.harness import SqliteMixin
+from tests.storage.harness import DatabaseMixin, PostgresMixin, SqliteMixin
 
 VERSIONS = ("1", "6", "10", "11", "12")
 
 
-class InboundTestsMixin(SqliteMixin):
+class InboundTestsMixin(DatabaseMixin):
     async def _room(
         self, version: str = "10", *, preset: str = "public_chat", **kw: Any
     ) -> tuple[RoomEngine, Store, str, FakeFederation]:
@@ -430,5 +430,9 @@ class InboundTestsMixin(SqliteMixin):
         self.assertIsInstance(event, Event)
 
 
-class InboundTests(InboundTestsMixin, unittest.TestCase):
+class InboundTestsSqlite(SqliteMixin, InboundTestsMixin, unittest.TestCase):
+    pass
+
+
+class InboundTestsPostgres(PostgresMixin, InboundTestsMixin, unittest.TestCase):
     pass

@@ -14,7 +14,7 @@ from matrixfed.federation.server.transactions import TransactionHandler
 from matrixfed.rooms.engine import RoomEngine
 from matrixfed.storage.store import Store
 from tests.rooms.helpers import ALICE, BOB, make_engine, remote_event
-from tests.storage.harness import SqliteMixin
+from tests.storage.harness import DatabaseMixin, PostgresMixin, SqliteMixin
 
 
 def _request(origin: str, txn_id: str, body: Any) -> ApiRequest:
@@ -29,7 +29,7 @@ def _request(origin: str, txn_id: str, body: Any) -> ApiRequest:
     )
 
 
-class TransactionTestsMixin(SqliteMixin):
+class TransactionTestsMixin(DatabaseMixin):
     async def _setup(
         self, version: str = "10"
     ) -> tuple[RoomEngine, Store, str, TransactionHandler]:
@@ -192,5 +192,9 @@ class TransactionTestsMixin(SqliteMixin):
         self.assertTrue(msg.event_id.endswith(":b.example"))
 
 
-class TransactionTests(TransactionTestsMixin, unittest.TestCase):
+class TransactionTestsSqlite(SqliteMixin, TransactionTestsMixin, unittest.TestCase):
+    pass
+
+
+class TransactionTestsPostgres(PostgresMixin, TransactionTestsMixin, unittest.TestCase):
     pass
