@@ -64,6 +64,16 @@ log = Logger()
 
 # Seconds to wait for the invitee's server to countersign an invite.
 INVITE_TIMEOUT_SECONDS = 60.0
+# client-server spec "Stripped state": what an invitee is shown of the room.
+STRIPPED_STATE_KEYS = (
+    ("m.room.create", ""),
+    ("m.room.join_rules", ""),
+    ("m.room.name", ""),
+    ("m.room.avatar", ""),
+    ("m.room.canonical_alias", ""),
+    ("m.room.encryption", ""),
+    ("m.room.topic", ""),
+)
 
 
 class OutboundSender(Protocol):
@@ -502,9 +512,21 @@ class RoomEngine:
         }
         path = federation_path("/_matrix/federation/v2/invite/{}/{}", event.room_id, event.event_id)
         try:
-            answer = await self.federation_client.put_json(
-                destination, path, body, timeout=INVITE_TIMEOUT_SECONDS
-            )
+            try:
+                answer = await self.federation_client.put_json(
+                    destination, path, body, timeout=INVITE_TIMEOUT_SECONDS
+                )
+            except RemoteError as e:
+                if e.errcode != "M_UNRECOGNIZED":
+                    raise
+                # A server without /v2/invite: the v1 form answers [200, {"event": ...}].
+                v1_path = federation_path(
+                    "/_matrix/federation/v1/invite/{}/{}", event.room_id, event.event_id
+                )
+                v1 = await self.federation_client.put_json(
+                    destination, v1_path, event.pdu, timeout=INVITE_TIMEOUT_SECONDS
+                )
+                answer = v1[1] if isinstance(v1, list) and len(v1) == 2 else v1
         except RemoteError as e:
             if e.code is not None and 400 <= e.code < 500 and e.errcode is not None:
                 raise MatrixError(e.code, e.errcode, f"{destination}: {e.message}") from None
@@ -515,36 +537,12 @@ class RoomEngine:
     async def stripped_state(
         self, state_ids: Mapping[tuple[str, str], str]
     ) -> list[dict[str, Any]]:
-        """The stripped state sent with invites and knocks (client-server spec list)."""
-        keys = [
-            ("m.room.create", ""),
-            ("m.room.join_rules", ""),
-            ("m.room.name", ""),
-            ("m.room.avatar", ""),
-            ("m.room.canonical_alias", ""),
-            ("m.room.encryption", ""),
-            ("m.room.topic", ""),
-        ]
-        ids = [state_ids[k] for k in keys if k in state_ids]
+        """The room state sent with invites: full PDUs (spec 1.16: the create
+        event must be there and every entry formatted for the room version) of
+        the client-server spec's stripped-state event types."""
+        ids = [state_ids[k] for k in STRIPPED_STATE_KEYS if k in state_ids]
         events = await self.store.get_events(ids)
-        out: list[dict[str, Any]] = []
-        for eid in ids:
-            ev = events.get(eid)
-            if ev is None:
-                continue
-            if ev.type == "m.room.create":
-                # v12+ invitees need the full create event to learn the room ID.
-                out.append(dict(ev.pdu))
-                continue
-            out.append(
-                {
-                    "type": ev.type,
-                    "state_key": ev.state_key,
-                    "sender": ev.sender,
-                    "content": dict(ev.content),
-                }
-            )
-        return out
+        return [dict(events[e].pdu) for e in ids if e in events]
 
     def _notify(
         self, room_id: str, events: Sequence[Event], persisted: Sequence[PersistedEvent]

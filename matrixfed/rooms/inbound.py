@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nacl.exceptions import CryptoError
+from twisted.internet.defer import gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from unpaddedbase64 import decode_base64
@@ -50,7 +51,7 @@ from matrixfed.errors import (
     RemoteError,
     SignatureError,
 )
-from matrixfed.events.checks import check_pdu
+from matrixfed.events.checks import check_pdus
 from matrixfed.events.hashing import redacted_signing_json
 from matrixfed.events.identifiers import domain_of
 from matrixfed.events.model import Event
@@ -74,6 +75,9 @@ MISSING_EVENTS_LIMIT = 10
 MAX_EVENTS_FETCHED_BY_ID = 20
 # State resolutions over more state entries than this run on a thread.
 THREAD_RESOLVE_THRESHOLD = 2000
+# Fetched batches larger than this are checked on the thread pool, in chunks.
+THREAD_CHECK_THRESHOLD = 200
+THREAD_CHECK_CHUNK = 500
 # Seconds for each fetch while filling a gap (the /send caller is waiting).
 FETCH_TIMEOUT_SECONDS = 30.0
 
@@ -104,13 +108,18 @@ class InboundPdus:
         """check_pdu over ``pdus`` with one key batch; rejectable size errors
         come back as the EventSizeError carrying the event."""
         keys = await self._engine.fetch_keys_for(pdus, rv)
-        out: list[Event | Exception] = []
-        for pdu in pdus:
-            try:
-                out.append(check_pdu(pdu, rv, keys))
-            except (InvalidEventError, SignatureError) as e:
-                out.append(e)
-        return out
+        clock = self._engine.clock
+        if len(pdus) > THREAD_CHECK_THRESHOLD and hasattr(clock, "getThreadPool"):
+            # PyNaCl releases the GIL: chunks verify in parallel off the reactor.
+            chunks = [
+                pdus[i : i + THREAD_CHECK_CHUNK] for i in range(0, len(pdus), THREAD_CHECK_CHUNK)
+            ]
+            pool = clock.getThreadPool()
+            results = await gatherResults(
+                [deferToThreadPool(clock, pool, check_pdus, c, rv, keys) for c in chunks]
+            )
+            return [r for chunk in results for r in chunk]
+        return list(check_pdus(pdus, rv, keys))
 
     async def _check_one(self, pdu: Any, rv: RoomVersion) -> tuple[Event, str | None]:
         (result,) = await self.check_pdus([pdu], rv)

@@ -283,12 +283,41 @@ class EngineTestsMixin(DatabaseMixin):
             dest, path, body = seen[0]
             self.assertEqual(dest, "b.example")
             self.assertIn(quote(event.event_id, safe=""), path)
-            types = {e["type"] for e in body["invite_room_state"]}
-            self.assertIn("m.room.name", types)
-            self.assertIn("m.room.create", types)
+            # spec 1.16: full PDUs, the create event included.
+            stripped = {e["type"]: e for e in body["invite_room_state"]}
+            self.assertEqual(set(stripped), {"m.room.create", "m.room.join_rules", "m.room.name"})
+            for pdu in stripped.values():
+                check_pdu(pdu, engine_rv(version), _keys(LOCAL))
             self.assertIn("b.example", event.signatures)
             self.assertEqual(await store.get_membership(room_id, BOB), ("invite", event.event_id))
             self.assertEqual(sender.sent[-1], (event, ["b.example"]))
+
+    async def test_invite_falls_back_to_v1(self) -> None:
+        fed = FakeFederation()
+        engine, store = await self._engine(federation=fed)
+        room_id = await engine.create_room(ALICE, room_version="2")
+
+        def unknown(dest: str, path: str, body: Any, args: Any) -> Any:
+            raise RemoteError(
+                dest, "?", reachable=True, transient=False, code=404, errcode="M_UNRECOGNIZED"
+            )
+
+        def v1(dest: str, path: str, body: Any, args: Any) -> Any:
+            pdu = copy.deepcopy(body)
+            sign_event(pdu, engine_rv("2"), "b.example", signing_key_for("b.example"))
+            return [200, {"event": pdu}]
+
+        fed.on("PUT", "/_matrix/federation/v2/invite/", unknown)
+        fed.on("PUT", "/_matrix/federation/v1/invite/", v1)
+        event = await engine.send_event(
+            room_id,
+            type="m.room.member",
+            sender=ALICE,
+            content={"membership": "invite"},
+            state_key=BOB,
+        )
+        self.assertIn("b.example", event.signatures)
+        self.assertEqual(await store.get_membership(room_id, BOB), ("invite", event.event_id))
 
     async def test_invite_refused_by_remote_stores_nothing(self) -> None:
         fed = FakeFederation()
