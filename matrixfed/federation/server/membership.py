@@ -570,19 +570,31 @@ class MembershipHandshakes:
 
         spec (v1.16): the entries are the room version's PDUs and include the
         create event; servers SHOULD refuse invites that break this in room
-        versions after 11 and MAY in earlier ones. We enforce it from the
-        versions whose room ID is derived from the create event (12+) and
-        keep what is well-formed before that.
+        versions after 11 (and MAY before), but SHOULD consider their
+        ecosystem while servers migrate. From version 12 (whose room ID is
+        derived from the create event) we require the create event as a
+        valid, signed PDU of this room and check every other entry that
+        comes as a full PDU (signed, of this room); entries in the older
+        stripped form are still taken, with a warning. Before 12 we keep
+        what is well-formed.
         """
         entries = [e for e in _as_list(room_state) if isinstance(e, dict)]
         if not rv.room_id_from_create:
             return [s for s in (stripped_state_event(e) for e in entries) if s is not None]
-        creates = [e for e in entries if e.get("type") == "m.room.create"]
-        if not creates:
+        if not any(e.get("type") == "m.room.create" for e in entries):
             raise invalid_param("Create event not among invite state entries.")
-        keys = await self._engine.fetch_keys_for(entries, rv)
+        full = [e for e in entries if "signatures" in e or e.get("type") == "m.room.create"]
+        keys = await self._engine.fetch_keys_for(full, rv)
         out: list[dict[str, Any]] = []
+        legacy = 0
         for entry in entries:
+            if not any(entry is f for f in full):
+                stripped = stripped_state_event(entry)
+                if stripped is None:
+                    raise invalid_param("An invite_room_state entry is not a state event")
+                legacy += 1
+                out.append(stripped)
+                continue
             try:
                 checked = check_pdu(entry, rv, keys, backfilled=True)
             except (InvalidEventError, SignatureError) as e:
@@ -596,6 +608,12 @@ class MembershipHandshakes:
             if stripped is None:
                 raise invalid_param("An invite_room_state entry is not a state event")
             out.append(stripped)
+        if legacy:
+            log.warn(
+                "invite to {room_id}: {n} invite_room_state entries in stripped form",
+                room_id=room_id,
+                n=legacy,
+            )
         return out
 
 

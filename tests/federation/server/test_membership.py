@@ -527,6 +527,30 @@ class InviteTests(MembershipCase):
             set(invites[0].stripped_state[0]), {"type", "state_key", "content", "sender"}
         )
 
+    async def test_v12_invite_state_create_is_checked_others_may_be_stripped(self) -> None:
+        await self.setup()
+        room = self.foreign_room("12")
+        create = room.state[("m.room.create", "")].pdu
+        name = room.state[("m.room.name", "")]
+        stripped_name = {
+            "type": "m.room.name",
+            "state_key": "",
+            "sender": CAROL,
+            "content": {"name": "Carol's"},
+        }
+        event, (code, body) = await self.invite(room, state=[create, stripped_name])
+        self.assertEqual(code, 200)
+        invites = await self.store.get_invites_for_user(DAVE)
+        self.assertEqual(invites[0].stripped_state[1], stripped_name)
+        bad_sig = dict(name.pdu, signatures={THIRD: {"ed25519:k1": "A" * 86}})
+        await self.assert_error(self.invite(room, state=[create, bad_sig]), 400, "M_INVALID_PARAM")
+        other = self.foreign_room("12")
+        await self.assert_error(
+            self.invite(room, state=[other.state[("m.room.create", "")].pdu]),
+            400,
+            "M_INVALID_PARAM",
+        )
+
     async def test_invite_v1(self) -> None:
         await self.setup()
         room = self.foreign_room("1")
