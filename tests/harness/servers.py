@@ -13,7 +13,7 @@ temporary data dir. Usage::
     a.name, a.service, a.store, a.engine, a.client_url, a.federation_url
     a2 = await net.restart(a)                # stop, then a new service on the same data dir
 
-``store``/``engine``/``sender`` are whatever the service exposes under those
+``store``/``engine``/``sender``/``joiner`` are whatever the service exposes under those
 attribute names (None while a part is not wired in).
 """
 
@@ -90,6 +90,30 @@ class ServerHandle:
     @property
     def sender(self) -> Any:
         return getattr(self.service, "sender", None)
+
+    @property
+    def joiner(self) -> Any:
+        """The service's join coordinator (``service.joiner``, set up by the client
+        API), or one built here the same way when the service has none."""
+        joiner = getattr(self.service, "joiner", None)
+        if joiner is None:
+            from matrixfed.joins.coordinator import JoinCoordinator
+            from matrixfed.joins.fedclient import FederationJoinClient
+            from matrixfed.joins.threads import PoolRunner
+
+            svc = self.service
+            joiner = JoinCoordinator(
+                store=svc.store,
+                engine=svc.engine,
+                federation_client=FederationJoinClient(client=svc.federation_client),
+                keyring=svc.keyring,
+                clock=reactor,
+                server_name=self.name,
+                signing_key=svc.signing_keys.primary,
+                runner=PoolRunner(reactor=reactor, threadpool=reactor.getThreadPool()),
+            )
+            svc.joiner = joiner  # type: ignore[attr-defined]
+        return joiner
 
     @property
     def verify_keys(self) -> dict[str, Any]:
