@@ -88,6 +88,14 @@ def _path(template: str, *segments: str) -> str:
     return federation_path(template, *segments)
 
 
+def _check_same_room(event: Event, statuses: Mapping[str, Any]) -> None:
+    """Stored events an event names (itself, its prev events) must be of its room:
+    otherwise another room's state would leak into this one."""
+    for eid, status in statuses.items():
+        if status.room_id != event.room_id:
+            raise InvalidEventError(f"{eid} is an event of another room")
+
+
 def _state_after(before: Mapping[tuple[str, str], str], event: Event) -> StateMapIds:
     after = dict(before)
     if event.is_state():
@@ -345,10 +353,12 @@ class InboundPdus:
         if event_id not in events:
             raise InvalidEventError(f"cannot get prev event {event_id}")
         rejected = await self._store.get_rejected(wanted)
+        if events[event_id].room_id != room_id:
+            raise InvalidEventError(f"prev event {event_id} is in another room")
         state: StateMapIds = {}
         for i in pdu_ids:
             ev = events.get(i)
-            if ev is not None and ev.is_state() and i not in rejected:
+            if ev is not None and ev.is_state() and i not in rejected and ev.room_id == room_id:
                 state[ev.state_tuple] = i
         prev = events[event_id]
         if event_id in rejected:
@@ -470,7 +480,9 @@ class InboundPdus:
     async def _process(
         self, origin: str, event: Event, *, fill_gaps: bool, reason: str | None = None
     ) -> Event:
-        status = (await self._store.get_event_statuses([event.event_id])).get(event.event_id)
+        statuses = await self._store.get_event_statuses([event.event_id, *event.prev_event_ids])
+        _check_same_room(event, statuses)
+        status = statuses.get(event.event_id)
         if status is not None and not status.outlier:
             if status.rejected_reason is not None:
                 raise AuthError(f"rejected earlier: {status.rejected_reason}")
@@ -582,6 +594,10 @@ class InboundPdus:
                 raise MatrixError(403, "M_FORBIDDEN", f"unknown auth events {sorted(missing)}")
             prevs = set(event.prev_event_ids)
             statuses = await self._store.get_event_statuses(prevs)
+            try:
+                _check_same_room(event, statuses)
+            except InvalidEventError as e:
+                raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
             if any(p not in statuses or statuses[p].outlier for p in prevs):
                 raise MatrixError(400, "M_INVALID_PARAM", "unknown prev_events")
             reason = await self._auth_events_reason(event)

@@ -410,6 +410,24 @@ class InboundTestsMixin(DatabaseMixin):
         self.assertEqual(await store.have_events([topic.event_id]), set())
         self.assertEqual(await store.get_rooms_for_user(ALICE), {room_id: "join"})
 
+    async def test_prev_event_of_another_room_refused(self) -> None:
+        engine, store, room_id, _ = await self._room("10")
+        other = await engine.create_room(ALICE, room_version="10", name="secret")
+        other_tip = list(
+            (await store.get_events(await store.get_forward_extremities(other))).values()
+        )
+        sneaky = await remote_event(
+            engine,
+            room_id,
+            type="m.room.message",
+            sender=BOB,
+            content={"body": "x"},
+            prev_events=other_tip,
+        )
+        with self.assertRaises(InvalidEventError):
+            await engine.receive_pdu("b.example", sneaky.pdu)
+        self.assertEqual(await store.have_events([sneaky.event_id]), set())
+
     async def test_notifier_woken_by_remote_event(self) -> None:
         clock = Clock()
         clock.advance(1_700_000_000)
