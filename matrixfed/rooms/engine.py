@@ -340,7 +340,9 @@ class RoomEngine:
             initial_state: extra state events ({"type", "state_key", "content"}).
             power_level_content_override: merged over the default power levels.
             is_public: publish in the room directory.
-            invite: users to invite once the room exists.
+            invite: users to invite once the room exists (each an ordinary
+                append; an invite that fails, e.g. an unreachable remote
+                server, is logged and skipped: the room stays).
             creation_content: extra keys for the create event's content.
 
         Raises:
@@ -394,13 +396,23 @@ class RoomEngine:
         )
         for planned in invites:
             assert planned.state_key is not None
-            await self.send_event(
-                room_id,
-                type="m.room.member",
-                sender=creator,
-                content=planned.content,
-                state_key=planned.state_key,
-            )
+            try:
+                await self.send_event(
+                    room_id,
+                    type="m.room.member",
+                    sender=creator,
+                    content=planned.content,
+                    state_key=planned.state_key,
+                )
+            except MatrixError as e:
+                # The room exists whatever happens to one invite (a remote
+                # server may be down); the creator can invite again.
+                log.warn(
+                    "createRoom {room_id}: inviting {user} failed: {e}",
+                    room_id=room_id,
+                    user=planned.state_key,
+                    e=e,
+                )
         return room_id
 
     def _build_initial_events(self, rv: RoomVersion, plan: Sequence[PlannedEvent]) -> list[Event]:

@@ -112,7 +112,9 @@ class InboundPdus:
 
     # --- checks -----------------------------------------------------------
 
-    async def check_pdus(self, pdus: Sequence[Any], rv: RoomVersion) -> list[Event | Exception]:
+    async def check_pdus(
+        self, pdus: Sequence[Any], rv: RoomVersion, *, backfilled: bool = False
+    ) -> list[Event | Exception]:
         """check_pdu over ``pdus`` with one key batch; rejectable size errors
         come back as the EventSizeError carrying the event."""
         keys = await self._engine.fetch_keys_for(pdus, rv)
@@ -124,10 +126,13 @@ class InboundPdus:
             ]
             pool = clock.getThreadPool()
             results = await gatherResults(
-                [deferToThreadPool(clock, pool, check_pdus, c, rv, keys) for c in chunks]
+                [
+                    deferToThreadPool(clock, pool, check_pdus, c, rv, keys, backfilled=backfilled)
+                    for c in chunks
+                ]
             )
             return [r for chunk in results for r in chunk]
-        return list(check_pdus(pdus, rv, keys))
+        return list(check_pdus(pdus, rv, keys, backfilled=backfilled))
 
     async def _check_one(self, pdu: Any, rv: RoomVersion) -> tuple[Event, str | None]:
         (result,) = await self.check_pdus([pdu], rv)
@@ -198,7 +203,8 @@ class InboundPdus:
         store), oldest first; failures are stored as rejected outliers.
         """
         pdu_list = list(pdus)
-        results = await self.check_pdus(pdu_list, rv)
+        # Auth chains and state: the prev/auth event count limits do not apply.
+        results = await self.check_pdus(pdu_list, rv, backfilled=True)
         events: dict[str, Event] = {}
         reasons: dict[str, str] = {}
         for res in results:

@@ -319,6 +319,22 @@ class EngineTestsMixin(DatabaseMixin):
         self.assertIn("b.example", event.signatures)
         self.assertEqual(await store.get_membership(room_id, BOB), ("invite", event.event_id))
 
+    async def test_create_room_with_invites(self) -> None:
+        fed = FakeFederation()
+        engine, store = await self._engine(federation=fed)
+        room_id = await engine.create_room(
+            ALICE, room_version="12", preset="trusted_private_chat", invite=[CAROL_LOCAL, BOB]
+        )
+        # b.example is unreachable: Carol is invited, Bob is not, the room exists.
+        self.assertEqual((await store.get_membership(room_id, CAROL_LOCAL) or ("",))[0], "invite")
+        self.assertIsNone(await store.get_membership(room_id, BOB))
+        create_id = await store.get_current_state_event_id(room_id, "m.room.create", "")
+        assert create_id is not None
+        create = await store.get_event(create_id)
+        assert create is not None
+        # v12 trusted_private_chat: invitees become additional creators.
+        self.assertEqual(create.content["additional_creators"], [CAROL_LOCAL, BOB])
+
     async def test_invite_refused_by_remote_stores_nothing(self) -> None:
         fed = FakeFederation()
         engine, store = await self._engine(federation=fed)

@@ -385,6 +385,40 @@ class InboundTestsMixin(DatabaseMixin):
             self.assertEqual(sorted(merge.prev_event_ids), sorted([topic.event_id, name.event_id]))
             self.assertEqual(await store.get_forward_extremities(room_id), [merge.event_id])
 
+    async def test_many_forward_extremities_merged_ten_at_a_time(self) -> None:
+        engine, store, room_id, _ = await self._room("11")
+        base_ids = await store.get_forward_extremities(room_id)
+        base = list((await store.get_events(base_ids)).values())
+        forks = []
+        for i in range(12):
+            ev = await remote_event(
+                engine,
+                room_id,
+                type="m.room.message",
+                sender=BOB,
+                content={"body": f"fork {i}"},
+                prev_events=base,
+                ts_offset=i,
+            )
+            await engine.receive_pdu("b.example", ev.pdu)
+            forks.append(ev.event_id)
+        self.assertEqual(sorted(await store.get_forward_extremities(room_id)), sorted(forks))
+        merge = await engine.send_event(
+            room_id, type="m.room.topic", sender=ALICE, content={"topic": "merged"}, state_key=""
+        )
+        self.assertEqual(len(merge.prev_event_ids), 10)
+        left = await store.get_forward_extremities(room_id)
+        self.assertEqual(len(left), 3)
+        self.assertIn(merge.event_id, left)
+        self.assertEqual(
+            await store.get_current_state_event_id(room_id, "m.room.topic", ""), merge.event_id
+        )
+        final = await engine.send_event(
+            room_id, type="m.room.message", sender=ALICE, content={"body": "all merged"}
+        )
+        self.assertEqual(sorted(final.prev_event_ids), sorted(left))
+        self.assertEqual(await store.get_forward_extremities(room_id), [final.event_id])
+
     async def test_atomic_persist_failure_leaves_nothing(self) -> None:
         engine, store, room_id, _ = await self._room("10")
         position = await store.get_current_stream_ordering()
