@@ -28,10 +28,8 @@ import functools
 import hashlib
 import hmac
 import itertools
-import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -47,17 +45,22 @@ from typing import Any, TypeVar
 import attrs
 import yaml
 from signedjson.key import generate_signing_key, get_verify_key, write_signing_keys
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import quoteStringArgument
-from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 from unpaddedbase64 import encode_base64
 
 import matrixfed
 from matrixfed.config import Config
 from matrixfed.federation.xmatrix import sign_request
+from tests.interop.client import (
+    POLL_INTERVAL_S,
+    ClientUser,
+    free_port,
+    http_json,
+    http_ok,
+    sleep,
+)
 from tests.tlsutil import TestCA
 
 T = TypeVar("T")
@@ -70,11 +73,6 @@ DEV_SYNAPSE_PYTHON = "/work/synapse-venv/bin/python"
 START_TIMEOUT_S = 90.0
 # A SIGTERM'd server gets this long to exit before SIGKILL.
 STOP_TIMEOUT_S = 15.0
-# One client-API request (sync long-polls are shorter than this).
-HTTP_TIMEOUT_S = 60.0
-# Federation is asynchronous: how long to wait for an event to cross over.
-CONVERGE_TIMEOUT_S = 60.0
-POLL_INTERVAL_S = 0.25
 # Lines of a server's log shown when it dies during start-up.
 LOG_TAIL_LINES = 40
 
@@ -113,253 +111,6 @@ SYNAPSE_FOUND_VERSION = _probe if SYNAPSE_PYTHON else None
 SKIP_REASON: str | None = None if SYNAPSE_PYTHON else _probe
 if SKIP_REASON:
     print(f"interop: skipped: {SKIP_REASON}", file=sys.stderr)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)  # type: ignore[arg-type]
-
-
-async def wait_for(
-    what: str,
-    check: Callable[[], Awaitable[T | None]],
-    *,
-    timeout: float = CONVERGE_TIMEOUT_S,
-) -> T:
-    """Poll ``check`` until it returns something other than None (or False).
-
-    Raises:
-        AssertionError: naming ``what`` and the last value seen, on timeout.
-    """
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            result = await check()
-        except HttpError as e:
-            result, last = None, e
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
-        await sleep(POLL_INTERVAL_S)
-
-
-# ---------------------------------------------------------------------------
-# HTTP
-
-
-class HttpError(Exception):
-    """A non-2xx answer: keeps the request and the response for the report."""
-
-    def __init__(self, method: str, url: str, code: int, body: Any) -> None:
-        super().__init__(f"{method} {url} -> {code} {json.dumps(body)[:800]}")
-        self.method = method
-        self.url = url
-        self.code = code
-        self.body = body
-
-    @property
-    def errcode(self) -> str | None:
-        return self.body.get("errcode") if isinstance(self.body, dict) else None
-
-
-def _request_sync(
-    method: str,
-    url: str,
-    body: Any,
-    headers: Mapping[str, str],
-    context: ssl.SSLContext | None,
-    timeout: float,
-) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    for k, v in headers.items():
-        req.add_header(k, v)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
-            raw = resp.read()
-            code = resp.status
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        code = e.code
-    try:
-        parsed = json.loads(raw) if raw else None
-    except ValueError:
-        parsed = raw.decode("utf-8", "replace")
-    return code, parsed
-
-
-async def http_json(
-    method: str,
-    url: str,
-    body: Any = None,
-    *,
-    headers: Mapping[str, str] | None = None,
-    context: ssl.SSLContext | None = None,
-    timeout: float = HTTP_TIMEOUT_S,
-) -> tuple[int, Any]:
-    """One HTTP request on a thread: (status, parsed JSON). Connection errors raise."""
-    result: tuple[int, Any] = await deferToThread(
-        _request_sync, method, url, body, dict(headers or {}), context, timeout
-    )
-    return result
-
-
-async def http_ok(method: str, url: str, body: Any = None, **kw: Any) -> Any:
-    """Like ``http_json`` but raises ``HttpError`` unless the status is 2xx."""
-    code, parsed = await http_json(method, url, body, **kw)
-    if not 200 <= code < 300:
-        raise HttpError(method, url, code, parsed)
-    return parsed
-
-
-def q(value: str) -> str:
-    """Percent-encode one path segment (room IDs, aliases, user IDs)."""
-    return urllib.parse.quote(value, safe="")
-
-
-_txn_counter = itertools.count()
-
-
-class ClientUser:
-    """A logged-in user on either server, driven through the client-server API."""
-
-    def __init__(self, base_url: str, user_id: str, access_token: str) -> None:
-        self.base_url = base_url
-        self.user_id = user_id
-        self.access_token = access_token
-
-    def __repr__(self) -> str:
-        return f"<ClientUser {self.user_id}>"
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        args: Mapping[str, str | Sequence[str]] | None = None,
-        *,
-        timeout: float = HTTP_TIMEOUT_S,
-    ) -> Any:
-        url = self.base_url + path
-        if args:
-            url += "?" + urllib.parse.urlencode(args, doseq=True)
-        return await http_ok(
-            method,
-            url,
-            body,
-            headers={"Authorization": f"Bearer {self.access_token}"},
-            timeout=timeout,
-        )
-
-    async def create_room(self, **body: Any) -> str:
-        result = await self.call("POST", "/_matrix/client/v3/createRoom", body)
-        room_id: str = result["room_id"]
-        return room_id
-
-    async def join(self, room_id_or_alias: str, via: Sequence[str] = ()) -> str:
-        args = {"server_name": list(via), "via": list(via)} if via else None
-        result = await self.call("POST", f"/_matrix/client/v3/join/{q(room_id_or_alias)}", {}, args)
-        room_id: str = result["room_id"]
-        return room_id
-
-    async def send(self, room_id: str, body: str, event_type: str = "m.room.message") -> str:
-        txn = f"t{os.getpid()}.{next(_txn_counter)}"
-        result = await self.call(
-            "PUT",
-            f"/_matrix/client/v3/rooms/{q(room_id)}/send/{q(event_type)}/{txn}",
-            {"msgtype": "m.text", "body": body},
-        )
-        event_id: str = result["event_id"]
-        return event_id
-
-    async def set_state(
-        self, room_id: str, event_type: str, content: Mapping[str, Any], state_key: str = ""
-    ) -> str:
-        result = await self.call(
-            "PUT",
-            f"/_matrix/client/v3/rooms/{q(room_id)}/state/{q(event_type)}/{q(state_key)}",
-            dict(content),
-        )
-        event_id: str = result["event_id"]
-        return event_id
-
-    async def get_state_event(self, room_id: str, event_type: str, state_key: str = "") -> Any:
-        return await self.call(
-            "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/state/{q(event_type)}/{q(state_key)}"
-        )
-
-    async def state(self, room_id: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self.call(
-            "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/state"
-        )
-        return result
-
-    async def messages(
-        self, room_id: str, *, direction: str = "b", limit: int = 100
-    ) -> list[dict[str, Any]]:
-        result = await self.call(
-            "GET",
-            f"/_matrix/client/v3/rooms/{q(room_id)}/messages",
-            args={"dir": direction, "limit": str(limit)},
-        )
-        chunk: list[dict[str, Any]] = result["chunk"]
-        return chunk
-
-    async def sync(self, since: str | None = None, timeout_ms: int = 0) -> Any:
-        args = {"timeout": str(timeout_ms)}
-        if since:
-            args["since"] = since
-        return await self.call("GET", "/_matrix/client/v3/sync", args=args)
-
-    async def membership_op(self, op: str, room_id: str, **body: Any) -> None:
-        await self.call("POST", f"/_matrix/client/v3/rooms/{q(room_id)}/{op}", body)
-
-    async def invite(self, room_id: str, user_id: str) -> None:
-        await self.membership_op("invite", room_id, user_id=user_id)
-
-    async def leave(self, room_id: str) -> None:
-        await self.membership_op("leave", room_id)
-
-    async def kick(self, room_id: str, user_id: str, reason: str = "interop") -> None:
-        await self.membership_op("kick", room_id, user_id=user_id, reason=reason)
-
-    async def ban(self, room_id: str, user_id: str, reason: str = "interop") -> None:
-        await self.membership_op("ban", room_id, user_id=user_id, reason=reason)
-
-    async def resolve_alias(self, alias: str) -> Any:
-        return await self.call("GET", f"/_matrix/client/v3/directory/room/{q(alias)}")
-
-    async def profile(self, user_id: str) -> Any:
-        return await self.call("GET", f"/_matrix/client/v3/profile/{q(user_id)}")
-
-    async def set_displayname(self, name: str) -> None:
-        await self.call(
-            "PUT",
-            f"/_matrix/client/v3/profile/{q(self.user_id)}/displayname",
-            {"displayname": name},
-        )
-
-    async def membership(self, room_id: str, user_id: str) -> str | None:
-        """The user's current membership as this server sees it (None: no member event)."""
-        try:
-            content = await self.get_state_event(room_id, "m.room.member", user_id)
-        except HttpError as e:
-            if e.code == 404:
-                return None
-            raise
-        m: str = content.get("membership")
-        return m
 
 
 # ---------------------------------------------------------------------------
@@ -913,3 +664,34 @@ def with_logs(
         return Deferred.fromCoroutine(body())
 
     return run
+
+
+# Every room version the issue names; scenarios that are slow run CORE_VERSIONS.
+ROOM_VERSIONS = ("1", "2", "6", "9", "10", "11", "12")
+# Never dropped: the oldest, and the versions with the last auth/state changes.
+CORE_VERSIONS = ("1", "10", "11", "12")
+
+
+def for_room_versions(
+    versions: Sequence[str],
+) -> Callable[[type[InteropTestCase]], type[InteropTestCase]]:
+    """Class decorator: each ``async def check_NAME(self, room_version)`` becomes
+    one test ``test_NAME_vN`` per room version (with ``with_logs``)."""
+
+    def bind(impl: Callable[[Any, str], Awaitable[None]], version: str) -> Any:
+        async def test(self: InteropTestCase) -> None:
+            await impl(self, version)
+
+        test.__name__ = impl.__name__.replace("check_", "test_", 1) + f"_v{version}"
+        test.__doc__ = (impl.__doc__ or "").strip() + f" (room version {version})"
+        return with_logs(test)
+
+    def decorate(cls: type[InteropTestCase]) -> type[InteropTestCase]:
+        for name, impl in list(vars(cls).items()):
+            if name.startswith("check_") and callable(impl):
+                for version in versions:
+                    test = bind(impl, version)
+                    setattr(cls, test.__name__, test)
+        return cls
+
+    return decorate
