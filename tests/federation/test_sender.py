@@ -27,8 +27,8 @@ from matrixfed.storage.persist import EventWithContext
 from matrixfed.storage.store import Store
 from tests.auth.roombuilder import ALICE, BOB, CAROL, RoomBuilder, signing_key_for
 from tests.federation.fakes import FakeDNS, TestCA
-from tests.harness.fakeremote import FakeRemote, Reply
-from tests.storage.harness import SqliteMixin
+from tests.harness.fakeremote import CloseConnection, FakeRemote, Garbage, Reply
+from tests.storage.harness import DatabaseMixin, PostgresMixin, SqliteMixin
 
 A = "a.example"
 B = "b.example"
@@ -121,7 +121,7 @@ def fail(call: Call, code: int | None = None) -> None:
     call.d.errback(err)
 
 
-class SenderTests(SqliteMixin, unittest.TestCase):
+class _SenderTests(DatabaseMixin):
     async def setUp(self) -> None:  # type: ignore[override]
         self.store: Store = await self.make_store()
         self.clock = Clock()
@@ -343,22 +343,23 @@ class SenderTests(SqliteMixin, unittest.TestCase):
         self.assertEqual({c.destination for c in self.client.calls}, {B})
 
 
+class SenderTestsSqlite(SqliteMixin, _SenderTests, unittest.TestCase):
+    pass
+
+
+class SenderTestsPostgres(PostgresMixin, _SenderTests, unittest.TestCase):
+    pass
+
+
 class SenderOverTLSTests(SqliteMixin, unittest.TestCase):
     """The sender with the real federation client, delivering to a fake remote."""
 
-    async def test_delivers_signed_transactions_and_retries_a_failed_one(self) -> None:
+    async def start_sender(self, ca: TestCA) -> tuple[Store, RoomBuilder, OutboundSender, Clock]:
         store = await self.make_store()
-        ca = TestCA()
-        remote = await FakeRemote.start(self, ca)
-        me = "a.example"
-        key = signing_key_for(me)
-        remote.trust(me, {"ed25519:k1": key.verify_key})
-        remote.require_auth = True
-        answers = [Reply(500, {"errcode": "M_UNKNOWN"}), Reply(200, {"pdus": {}})]
-        remote.on("PUT", "/_matrix/federation/v1/send/{txnId}", lambda r: answers.pop(0))
+        key = signing_key_for(A)
         client = build_federation_client(
             reactor=reactor,
-            server_name=me,
+            server_name=A,
             signing_key=key,
             ca_file=ca.ca_file,
             allow_private=True,
@@ -373,10 +374,65 @@ class SenderOverTLSTests(SqliteMixin, unittest.TestCase):
         )
         clock = Clock()
         sender = OutboundSender(
-            db=store.db, store=store, federation_client=client, clock=clock, server_name=me
+            db=store.db, store=store, federation_client=client, clock=clock, server_name=A
         )
         await sender.start()
         self.addCleanup(sender.stop)
+        return store, room, sender, clock
+
+    async def test_misbehaving_remote_is_retried_and_a_refusal_dropped(self) -> None:
+        ca = TestCA()
+        remote = await FakeRemote.start(self, ca)
+        answers: list[Any] = [
+            CloseConnection(),
+            Garbage(b"<html>oops</html>", content_type="text/html"),
+            Reply(200, {"pdus": {}}),
+            Reply(403, {"errcode": "M_FORBIDDEN", "error": "go away"}),
+            Reply(200, {"pdus": {}}),
+        ]
+        remote.on("PUT", "/_matrix/federation/v1/send/{txnId}", lambda r: answers.pop(0))
+        store, room, sender, clock = await self.start_sender(ca)
+        assert room.room_id is not None
+        dest = remote.server_name
+
+        async def message(body: str) -> Event:
+            event = room.send("m.room.message", ALICE, {"body": body})
+            await store.persist_events(room.room_id or "", [EventWithContext(event)])
+            await sender.send_pdu(event, [dest])
+            return event
+
+        first = await message("one")
+        # Connection dropped, then a 200 with an HTML body: both retried, same txn.
+        for attempt, wait in ((1, RETRY_INITIAL_SECONDS), (2, RETRY_INITIAL_SECONDS * 2)):
+            await remote.wait_for("/_matrix/federation/v1/send/", count=attempt)
+            await eventually(lambda w=wait: sender.retry_interval(dest) == w, f"backoff {wait}")
+            await eventually(lambda: not sender._destinations[dest].running)
+            clock.advance(wait)
+        await remote.wait_for("/_matrix/federation/v1/send/", count=3)
+        await eventually(lambda: sender.retry_interval(dest) == 0.0, "delivered")
+        paths = {r.path for r in remote.received("PUT")}
+        self.assertEqual(len(paths), 1)
+        # A 403 for a whole transaction: dropped, not retried; the next one goes out.
+        second = await message("two")
+        await remote.wait_for("/_matrix/federation/v1/send/", count=4)
+        third = await message("three")
+        await remote.wait_for("/_matrix/federation/v1/send/", count=5)
+        sent = [[p["content"]["body"] for p in r.json["pdus"]] for r in remote.received("PUT")]
+        self.assertEqual(sent, [["one"], ["one"], ["one"], ["two"], ["three"]])
+        await eventually(lambda: sender.retry_interval(dest) == 0.0)
+        self.assertNotEqual(first.event_id, second.event_id)
+        self.assertEqual(third.content["body"], "three")
+
+    async def test_delivers_signed_transactions_and_retries_a_failed_one(self) -> None:
+        ca = TestCA()
+        remote = await FakeRemote.start(self, ca)
+        me = A
+        remote.trust(me, {"ed25519:k1": signing_key_for(me).verify_key})
+        remote.require_auth = True
+        answers = [Reply(500, {"errcode": "M_UNKNOWN"}), Reply(200, {"pdus": {}})]
+        remote.on("PUT", "/_matrix/federation/v1/send/{txnId}", lambda r: answers.pop(0))
+        store, room, sender, clock = await self.start_sender(ca)
+        assert room.room_id is not None
         event = room.send("m.room.message", ALICE, {"body": "over TLS"})
         await store.persist_events(room.room_id, [EventWithContext(event)])
         await sender.send_pdu(event, [remote.server_name])
