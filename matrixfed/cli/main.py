@@ -2,6 +2,10 @@
 
 Subcommands:
     generate-keys   write a new ed25519 signing key (Synapse's file format).
+    register-user   create an account (shared-secret API or a data dir's database).
+    join, rooms, state, send
+                    drive a running server through its client API.
+    keys            fetch and verify another server's signing keys.
 
 Exit status 0 on success, 1 with one ``matrixfed: ...`` line on stderr when the
 task fails, 2 for usage errors (argparse).
@@ -17,6 +21,8 @@ from collections.abc import Sequence
 from signedjson.key import get_verify_key
 
 from matrixfed import __version__
+from matrixfed.cli.admin import add_admin_commands
+from matrixfed.cli.client import add_client_commands
 from matrixfed.config import DEFAULT_DATA_DIR, ConfigError
 from matrixfed.keys.signing_key import generate_key_file, key_id, verify_key_base64
 
@@ -76,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace an existing key (remote servers will no longer trust old signatures)",
     )
     gen.set_defaults(func=_generate_keys)
+    add_admin_commands(sub)
+    add_client_commands(sub)
     return parser
 
 

@@ -12,6 +12,9 @@
   member events appended by the engine (a remote invitee's server
   countersigns the invite first).
 - ``GET /joined_rooms``.
+- ``GET /_matrix/client/unstable/org.matrixfed/join_progress?room=...``: the
+  latest progress report of the requester's join of ``room`` that is running
+  (stage, done, total), for the command line's progress bar; 404 when none.
 
 How it fails: the errors of the engine and coordinator pass through (403
 ``M_FORBIDDEN`` when the auth rules refuse, 404 for unknown rooms, the
@@ -22,11 +25,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from matrixfed.clientapi.common import Requester, client_endpoints, get_str, require_object
 from matrixfed.clientapi.context import ClientContext
 from matrixfed.errors import MatrixError
 from matrixfed.events.identifiers import is_valid_user_id
-from matrixfed.federation.server.endpoint import ApiRequest, Endpoint, JsonResponse
+from matrixfed.federation.server.endpoint import ApiRequest, AuthMode, Endpoint, JsonResponse
 
 __all__ = ["RoomServlets"]
 
@@ -35,6 +40,7 @@ PRESETS = ("private_chat", "public_chat", "trusted_private_chat")
 # Invitees accepted in one createRoom request (each is one event, maybe one
 # federation round trip).
 MAX_CREATE_INVITES = 100
+JOIN_PROGRESS_PATH = "/_matrix/client/unstable/org.matrixfed/join_progress"
 
 
 def _room_id_param(request: ApiRequest) -> str:
@@ -49,6 +55,8 @@ class RoomServlets:
 
     def __init__(self, ctx: ClientContext) -> None:
         self._ctx = ctx
+        # (user_id, room ID or alias as requested) -> latest progress report.
+        self._progress: dict[tuple[str, str], dict[str, Any]] = {}
 
     def endpoints(self) -> list[Endpoint]:
         """Every endpoint of this module."""
@@ -63,6 +71,9 @@ class RoomServlets:
         eps += client_endpoints("POST", "/rooms/{roomId}/ban", req(self._ban))
         eps += client_endpoints("POST", "/rooms/{roomId}/unban", req(self._unban))
         eps += client_endpoints("GET", "/joined_rooms", req(self._joined_rooms))
+        eps.append(
+            Endpoint("GET", JOIN_PROGRESS_PATH, req(self._join_progress), auth=AuthMode.NONE)
+        )
         return eps
 
     # --- createRoom ----------------------------------------------------------
@@ -141,16 +152,38 @@ class RoomServlets:
             raise MatrixError(400, "M_INVALID_PARAM", f"{target!r} is neither a room ID nor alias")
         require_object(request, allow_empty=True)
         servers = list(request.args("via")) + list(request.args("server_name"))
-        result = await self._ctx.joiner.join(
-            target, requester.user_id, servers=list(dict.fromkeys(servers))
-        )
-        return 200, {"room_id": result.room_id}
+        return await self._run_join(target, requester.user_id, list(dict.fromkeys(servers)))
 
     async def _join_room(self, request: ApiRequest, requester: Requester) -> JsonResponse:
         room_id = _room_id_param(request)
         require_object(request, allow_empty=True)
-        result = await self._ctx.joiner.join(room_id, requester.user_id, servers=())
+        return await self._run_join(room_id, requester.user_id, [])
+
+    async def _run_join(self, target: str, user_id: str, servers: list[str]) -> JsonResponse:
+        key = (user_id, target)
+
+        def progress(report: Any) -> None:
+            self._progress[key] = (
+                attrs.asdict(report) if attrs.has(type(report)) else {"stage": str(report)}
+            )
+
+        self._progress[key] = {"stage": "starting", "done": 0, "total": 1}
+        try:
+            result = await self._ctx.joiner.join(
+                target, user_id, servers=servers, progress=progress
+            )
+        finally:
+            self._progress.pop(key, None)
         return 200, {"room_id": result.room_id}
+
+    async def _join_progress(self, request: ApiRequest, requester: Requester) -> JsonResponse:
+        room = request.arg("room")
+        if not room:
+            raise MatrixError(400, "M_MISSING_PARAM", "Missing parameter: room")
+        report = self._progress.get((requester.user_id, room))
+        if report is None:
+            raise MatrixError(404, "M_NOT_FOUND", "No join of this room is running")
+        return 200, report
 
     async def _leave(self, request: ApiRequest, requester: Requester) -> JsonResponse:
         room_id = _room_id_param(request)
