@@ -441,6 +441,11 @@ class SynapseServer(ServerProcess):
                 "concurrent": 100,
             },
             "federation_rr_transactions_per_room_per_second": 10000,
+            # A matrixfed that was restarted is retried within seconds, not 10 min.
+            "federation": {
+                "destination_min_retry_interval": "1s",
+                "destination_max_retry_interval": "5s",
+            },
         }
         with open(os.path.join(d, "homeserver.yaml"), "w") as f:
             yaml.safe_dump(config, f)
@@ -605,6 +610,16 @@ async def shared_pair() -> tuple[SynapseServer, MatrixfedServer]:
         lambda d, ca: MatrixfedServer.create(d, ca, trusted_key_servers=[synapse.server_name]),
     )
     return synapse, mf
+
+
+async def shared_trio() -> tuple[SynapseServer, MatrixfedServer, MatrixfedServer]:
+    """The shared pair and a second matrixfed (for three-server rooms)."""
+    synapse, mf = await shared_pair()
+    mf2: MatrixfedServer = await SHARED.get(
+        "matrixfed2",
+        lambda d, ca: MatrixfedServer.create(d, ca, trusted_key_servers=[synapse.server_name]),
+    )
+    return synapse, mf, mf2
 
 
 def state_by_key(events: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
