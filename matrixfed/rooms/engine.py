@@ -55,6 +55,7 @@ from matrixfed.rooms.builder import (
 )
 from matrixfed.rooms.inbound import InboundPdus, StateMapIds
 from matrixfed.rooms.notifier import Notifier
+from matrixfed.storage.database import Transaction
 from matrixfed.storage.persist import EventWithContext, PersistedEvent
 from matrixfed.storage.store import Store
 
@@ -120,6 +121,10 @@ class FederationApi(Protocol):
 
 class _Clock(Protocol):
     def seconds(self) -> float: ...
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
 def _room_version_or_400(identifier: str) -> RoomVersion:
@@ -188,6 +193,38 @@ class RoomEngine:
         return int(self.clock.seconds() * 1000)
 
     # --- helpers ------------------------------------------------------------
+
+    async def room_for_pdu(self, room_id: str) -> tuple[RoomVersion, bool, bool] | None:
+        """(version, partial state, whether we are joined) of a room, in one
+        database transaction; None for a room we do not know.
+
+        The joined test runs in SQL on the room's member rows (no Python set
+        of a large room's members per received PDU).
+        """
+        pattern = "%:" + _like_escape(self.server_name)
+
+        def txn_fn(txn: Transaction) -> tuple[str, bool, bool] | None:
+            txn.execute(
+                "SELECT room_version, partial_state FROM rooms WHERE room_id = ?", (room_id,)
+            )
+            row = txn.fetchone()
+            if row is None:
+                return None
+            txn.execute(
+                "SELECT 1 FROM current_state_events WHERE room_id = ? AND type = ?"
+                " AND membership = 'join' AND state_key LIKE ? ESCAPE '!' LIMIT 1",
+                (room_id, "m.room.member", pattern),
+            )
+            return str(row[0]), bool(row[1]), txn.fetchone() is not None
+
+        found = await self.store.db.run_interaction("room_for_pdu", txn_fn)
+        if found is None:
+            return None
+        version, partial, joined = found
+        rv = KNOWN_ROOM_VERSIONS.get(version)
+        if rv is None:
+            return None
+        return rv, partial, joined
 
     async def room_version_of(self, room_id: str) -> RoomVersion:
         """The room's version; 404 M_NOT_FOUND for a room we do not know."""
@@ -496,7 +533,9 @@ class RoomEngine:
             target_server = self._remote_target(event)
             if event.membership == "invite" and target_server is not None:
                 event = await self._countersign_invite(event, state_ids, target_server)
-            servers_before = await self.store.get_joined_servers(room_id)
+            servers_before = (
+                await self.store.get_joined_servers(room_id) if self.sender is not None else set()
+            )
             persisted = await self.inbound.persist(
                 EventWithContext(event, state_before=group), state_ids
             )
@@ -582,7 +621,10 @@ class RoomEngine:
         """
         if self.sender is None:
             return
-        servers = set(servers_before) | await self.store.get_joined_servers(event.room_id)
+        servers = set(servers_before)
+        if event.type == "m.room.member":
+            # Only a membership change can change who is in the room.
+            servers |= await self.store.get_joined_servers(event.room_id)
         target = self._remote_target(event)
         if target is not None:
             servers.add(target)

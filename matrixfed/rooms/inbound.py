@@ -32,7 +32,7 @@ allowed by the current state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nacl.exceptions import CryptoError
@@ -86,6 +86,14 @@ def _path(template: str, *segments: str) -> str:
     from matrixfed.federation.client import federation_path
 
     return federation_path(template, *segments)
+
+
+def _auth_ids_with_create(event: Event) -> list[str]:
+    """The event's auth event IDs, plus the create event's in v12 (not cited there)."""
+    ids = list(event.auth_event_ids)
+    if event.room_version.room_id_from_create and event.type != "m.room.create":
+        ids.append("$" + event.room_id[1:])
+    return ids
 
 
 def _check_same_room(event: Event, statuses: Mapping[str, Any]) -> None:
@@ -142,15 +150,18 @@ class InboundPdus:
             raise result
         return result, None
 
-    async def _auth_events_reason(self, event: Event) -> str | None:
-        """Why ``event`` fails against its own auth events (None: it passes)."""
-        ids = list(event.auth_event_ids)
-        create_id = None
-        if event.room_version.room_id_from_create:
-            create_id = "$" + event.room_id[1:]
-            ids.append(create_id)
+    async def _auth_events_reason(
+        self, event: Event, rejected: Container[str] | None = None
+    ) -> str | None:
+        """Why ``event`` fails against its own auth events (None: it passes).
+
+        Args:
+            rejected: the rejected ones among its auth events, when known.
+        """
+        ids = _auth_ids_with_create(event)
         events = await self._store.get_events(ids)
-        rejected = await self._store.get_rejected(ids)
+        if rejected is None:
+            rejected = await self._store.get_rejected(ids)
         try:
             check_auth_events_refs(
                 event,
@@ -246,9 +257,12 @@ class InboundPdus:
             items.append(EventWithContext(ev, outlier=True, rejected_reason=reason))
         await self._store.persist_events(room_id, items)
 
-    async def _ensure_auth_events(self, origin: str, event: Event) -> None:
+    async def _ensure_auth_events(
+        self, origin: str, event: Event, known: Collection[str] | None = None
+    ) -> None:
+        """Fetch the auth events we lack (``known``: those we have, if known)."""
         ids = set(event.auth_event_ids)
-        missing = ids - await self._store.have_events(ids)
+        missing = ids - set(await self._store.have_events(ids) if known is None else known)
         if not missing:
             return
         rv = event.room_version
@@ -272,10 +286,15 @@ class InboundPdus:
         fetched = [await self._fetch_event(origin, m, rv) for m in sorted(missing)]
         await self._store_outliers(event.room_id, rv, [p for p in fetched if p is not None])
 
-    async def _fill_gap(self, origin: str, event: Event) -> None:
-        """Pull missing prev events with get_missing_events and process them."""
+    async def _fill_gap(
+        self, origin: str, event: Event, statuses: Mapping[str, Any], *, partial: bool
+    ) -> None:
+        """Pull missing prev events with get_missing_events and process them.
+
+        Args:
+            statuses: the store's statuses of (at least) the prev events.
+        """
         prevs = set(event.prev_event_ids)
-        statuses = await self._store.get_event_statuses(prevs)
         missing = {p for p in prevs if p not in statuses or statuses[p].outlier}
         if not missing:
             return
@@ -317,7 +336,7 @@ class InboundPdus:
         )
         for ev in pulled:
             try:
-                await self._process(origin, ev, fill_gaps=False)
+                await self._process(origin, ev, fill_gaps=False, partial=partial)
             except (AuthError, InvalidEventError, SignatureError, MatrixError) as e:
                 log.info("pulled event {event_id}: {e}", event_id=ev.event_id, e=e)
 
@@ -474,20 +493,45 @@ class InboundPdus:
         room_id = pdu.get("room_id")
         if not isinstance(room_id, str):
             raise InvalidEventError("PDU has no room_id")
-        rv = room_version or await self._engine.room_version_of(room_id)
-        if not await self._store.is_host_joined(room_id, self._engine.server_name):
+        room = await self._engine.room_for_pdu(room_id)
+        if room is None:
+            raise MatrixError(404, "M_NOT_FOUND", f"unknown room {room_id}")
+        stored_rv, partial, joined = room
+        rv = room_version or stored_rv
+        if not joined:
             raise MatrixError(403, "M_FORBIDDEN", f"{self._engine.server_name} is not in {room_id}")
         event, reason = await self._check_one(pdu, rv)
         if event.room_id != room_id:
             raise InvalidEventError("room_id does not match")
         async with self._engine.room_lock(room_id):
-            return await self._process(origin, event, fill_gaps=True, reason=reason)
+            return await self._process(
+                origin, event, fill_gaps=True, reason=reason, partial=partial
+            )
 
     async def _process(
-        self, origin: str, event: Event, *, fill_gaps: bool, reason: str | None = None
+        self,
+        origin: str,
+        event: Event,
+        *,
+        fill_gaps: bool,
+        partial: bool,
+        reason: str | None = None,
     ) -> Event:
-        statuses = await self._store.get_event_statuses([event.event_id, *event.prev_event_ids])
-        _check_same_room(event, statuses)
+        """The checks after format/signatures, persisting (caller holds the lock).
+
+        Args:
+            partial: the room has partial state (a faster join): the state
+                lacks most members, so the auth events decide and the state
+                checks wait for the resync.
+        """
+        auth_ids = _auth_ids_with_create(event)
+        statuses = await self._store.get_event_statuses(
+            [event.event_id, *event.prev_event_ids, *auth_ids]
+        )
+        _check_same_room(
+            event,
+            {e: statuses[e] for e in (event.event_id, *event.prev_event_ids) if e in statuses},
+        )
         status = statuses.get(event.event_id)
         if status is not None and not status.outlier:
             if status.rejected_reason is not None:
@@ -495,16 +539,17 @@ class InboundPdus:
             return event
         if event.type == "m.room.create":
             raise InvalidEventError("a create event cannot join an existing room")
-        await self._ensure_auth_events(origin, event)
+        have_all_auth = all(a in statuses for a in event.auth_event_ids)
+        rejected: set[str] | None = None
+        if have_all_auth:
+            rejected = {a for a in auth_ids if a in statuses and statuses[a].rejected_reason}
+        else:
+            await self._ensure_auth_events(origin, event, statuses.keys())
         if reason is None:
-            reason = await self._auth_events_reason(event)
+            reason = await self._auth_events_reason(event, rejected)
         if fill_gaps:
-            await self._fill_gap(origin, event)
+            await self._fill_gap(origin, event, statuses, partial=partial)
         group, before = await self._state_before(origin, event)
-        room = await self._store.get_room(event.room_id)
-        # With partial state (a faster join) the state lacks most members: the
-        # auth events were checked; the state checks wait for the resync.
-        partial = room is not None and room.partial_state
         if reason is None and not partial:
             reason = await self._state_reason(event, before)
         soft_failed = False

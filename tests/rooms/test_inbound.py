@@ -444,6 +444,23 @@ class InboundTestsMixin(DatabaseMixin):
         self.assertEqual(await store.have_events([topic.event_id]), set())
         self.assertEqual(await store.get_rooms_for_user(ALICE), {room_id: "join"})
 
+    async def test_pdus_refused_once_we_left(self) -> None:
+        engine, store, room_id, _ = await self._room("10")
+        await engine.send_event(
+            room_id,
+            type="m.room.member",
+            sender=ALICE,
+            content={"membership": "leave"},
+            state_key=ALICE,
+        )
+        msg = await remote_event(
+            engine, room_id, type="m.room.message", sender=BOB, content={"body": "anyone?"}
+        )
+        with self.assertRaises(MatrixError) as cm:
+            await engine.receive_pdu("b.example", msg.pdu)
+        self.assertEqual(cm.exception.code, 403)
+        self.assertEqual(await store.have_events([msg.event_id]), set())
+
     async def test_prev_event_of_another_room_refused(self) -> None:
         engine, store, room_id, _ = await self._room("10")
         other = await engine.create_room(ALICE, room_version="10", name="secret")
