@@ -119,10 +119,6 @@ class FederationApi(Protocol):
     ) -> Any: ...
 
 
-class _Clock(Protocol):
-    def seconds(self) -> float: ...
-
-
 def _like_escape(text: str) -> str:
     return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
@@ -424,7 +420,7 @@ class RoomEngine:
             )
         if is_public:
             await self.store.set_room_is_public(room_id, True)
-        self._notify(room_id, events, persisted)
+        self.notify_persisted(room_id, events, persisted)
         log.info(
             "created room {room_id} (version {version}) for {creator}",
             room_id=room_id,
@@ -539,7 +535,7 @@ class RoomEngine:
             persisted = await self.inbound.persist(
                 EventWithContext(event, state_before=group), state_ids
             )
-        self._notify(room_id, [event], persisted)
+        self.notify_persisted(room_id, [event], persisted)
         await self.fan_out(event, servers_before, exclude=())
         return event
 
@@ -595,9 +591,11 @@ class RoomEngine:
         events = await self.store.get_events(ids)
         return [dict(events[e].pdu) for e in ids if e in events]
 
-    def _notify(
+    def notify_persisted(
         self, room_id: str, events: Sequence[Event], persisted: Sequence[PersistedEvent]
     ) -> None:
+        """Wake the notifier for newly persisted events (and the users that
+        membership events concern)."""
         orderings = {p.event_id: p.stream_ordering for p in persisted}
         if not orderings:
             return

@@ -88,6 +88,10 @@ def _path(template: str, *segments: str) -> str:
     return federation_path(template, *segments)
 
 
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _auth_ids_with_create(event: Event) -> list[str]:
     """The event's auth event IDs, plus the create event's in v12 (not cited there)."""
     ids = list(event.auth_event_ids)
@@ -369,7 +373,9 @@ class InboundPdus:
                 )
             except RemoteError as e:
                 raise InvalidEventError(f"cannot get the state at {event_id}: {e}") from None
-            pdus = [*full.get("auth_chain", []), *full.get("pdus", [])]
+            if not isinstance(full, dict):
+                raise InvalidEventError(f"bad state answer for {event_id}")
+            pdus = [*_as_list(full.get("auth_chain")), *_as_list(full.get("pdus"))]
             await self._store_outliers(room_id, rv, pdus)
             missing -= await self._store.have_events(missing)
         fetched = [await self._fetch_event(origin, m, rv) for m in sorted(missing)]
@@ -575,7 +581,7 @@ class InboundPdus:
         if soft_failed:
             log.info("soft-failed {event_id} from {origin}", event_id=event.event_id, origin=origin)
             return event
-        self._engine._notify(event.room_id, [event], persisted)
+        self._engine.notify_persisted(event.room_id, [event], persisted)
         return event
 
     # --- membership handshakes (send_join / send_leave / send_knock) ---------
@@ -663,7 +669,7 @@ class InboundPdus:
             persisted = await self.persist(
                 EventWithContext(event, state_before=before if group is None else group), before
             )
-        engine._notify(room_id, [event], persisted)
+        engine.notify_persisted(room_id, [event], persisted)
         await engine.fan_out(event, servers_before, exclude=(origin,))
         return event, before
 
