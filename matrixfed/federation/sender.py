@@ -168,13 +168,15 @@ class OutboundSender:
         """Queue local events a crash left unqueued, then resume every destination
         with PDUs queued or a transaction in flight. Call once the database is open."""
         position = await self._queue.init_position()
-        recovered = await self._queue.get_unqueued_local_events(self._server_name, position)
+        recovered, end = await self._queue.get_unqueued_local_events(self._server_name, position)
         for event in recovered:
             servers = await self._servers_at(event.event_id)
             await self._queue.queue_event(event.event_id, self._others(servers))
         if recovered:
             log.info("sender: queued {n} local events a restart had left unsent", n=len(recovered))
-            await self._queue.set_position(recovered[-1].stream_ordering)
+        # Every local event up to the scanned end is queued now; later ones are
+        # above the position (queued live, or found by the next start's scan).
+        await self._queue.set_position(end)
         self._started = True
         destinations = await self._queue.get_destinations_with_work()
         if destinations:

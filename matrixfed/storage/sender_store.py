@@ -82,9 +82,12 @@ class SenderStore:
         (history is never sent)."""
         return await self.db.run_interaction("sender_init_position", _init_position_txn)
 
-    async def get_unqueued_local_events(self, server_name: str, after: int) -> list[UnqueuedEvent]:
+    async def get_unqueued_local_events(
+        self, server_name: str, after: int
+    ) -> tuple[list[UnqueuedEvent], int]:
         """Accepted, non-outlier events sent by our users after stream ordering
-        ``after`` that were never queued, oldest first."""
+        ``after`` that were never queued, oldest first, and the end of the events
+        stream the scan saw (pass it to ``set_position`` once they are queued)."""
         return await self.db.run_interaction("sender_unqueued", _unqueued_txn, server_name, after)
 
     async def set_position(self, stream_ordering: int) -> None:
@@ -170,22 +173,28 @@ def _init_position_txn(txn: Transaction) -> int:
     return position
 
 
-def _unqueued_txn(txn: Transaction, server_name: str, after: int) -> list[UnqueuedEvent]:
+def _unqueued_txn(
+    txn: Transaction, server_name: str, after: int
+) -> tuple[list[UnqueuedEvent], int]:
+    txn.execute("SELECT COALESCE(MAX(stream_ordering), 0) FROM events")
+    top = txn.fetchone()
+    end = int(top[0]) if top is not None else 0
     # Server names have no '%' or '_' (appendices grammar), so LIKE is exact here.
     txn.execute(
         "SELECT e.stream_ordering, e.event_id, e.room_id, e.sender FROM events AS e"
-        " WHERE e.stream_ordering > ? AND e.outlier = 0 AND e.rejected_reason IS NULL"
-        " AND e.soft_failed = 0 AND e.sender LIKE ?"
+        " WHERE e.stream_ordering > ? AND e.stream_ordering <= ? AND e.outlier = 0"
+        " AND e.rejected_reason IS NULL AND e.soft_failed = 0 AND e.sender LIKE ?"
         " AND NOT EXISTS (SELECT 1 FROM federation_queued_events AS q"
         "   WHERE q.stream_ordering = e.stream_ordering)"
         " ORDER BY e.stream_ordering",
-        (after, "%:" + server_name),
+        (after, end, "%:" + server_name),
     )
-    return [
+    found = [
         UnqueuedEvent(int(so), eid, rid)
         for so, eid, rid, sender in txn.fetchall()
         if sender.split(":", 1)[-1] == server_name
     ]
+    return found, end
 
 
 def _set_position_txn(txn: Transaction, ordering: int) -> None:

@@ -313,10 +313,24 @@ class _SenderTests(DatabaseMixin):
             self.assertEqual(call.event_ids, [local.event_id])
             ok(call)
         await settle()
-        # A third start sends nothing again.
+        # A third start sends nothing again, and keeps no per-event markers.
+        live = await self.new_sender()
+        await live.send_pdu(await self.message("live"), [B])
+        await eventually(lambda: len(self.client.pending()) == 1)
+        ok(self.client.pending()[0])
+        await settle()
+        self.assertEqual(await self.count("federation_queued_events"), 1)
         await self.new_sender()
         await settle()
-        self.assertEqual(len(self.client.calls), 2)
+        self.assertEqual(len(self.client.calls), 3)
+        self.assertEqual(await self.count("federation_queued_events"), 0)
+
+    async def count(self, table: str) -> int:
+        def txn_fn(txn: Any) -> int:
+            txn.execute(f"SELECT COUNT(*) FROM {table}")
+            return int(txn.fetchone()[0])
+
+        return await self.store.db.run_interaction("count", txn_fn)
 
     async def test_edus_batched_by_100_and_sent_without_pdus(self) -> None:
         sender = await self.new_sender()
