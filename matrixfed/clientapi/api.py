@@ -13,6 +13,7 @@ from typing import Any
 
 from matrixfed.clientapi.accounts import Accounts, RunBlocking, run_inline
 from matrixfed.clientapi.admin import SharedSecretRegistration
+from matrixfed.clientapi.backfill import Backfiller
 from matrixfed.clientapi.common import TokenAuth
 from matrixfed.clientapi.context import (
     ClientContext,
@@ -158,6 +159,7 @@ def install_client_api(svc: Any) -> ClientApi:
         enable_registration=config.enable_registration,
         registration_shared_secret=config.registration_shared_secret,
         run_blocking=run_blocking,
+        backfill=Backfiller(engine=svc.engine, server_name=config.server_name).backfill,
     )
     svc.client_resource.add_endpoints(api.endpoints())
     svc.client_api = api

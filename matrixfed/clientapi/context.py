@@ -81,7 +81,9 @@ class Joiner(Protocol):
         progress: Callable[[Any], None] | None = None,
     ) -> MembershipOutcome: ...
 
-    async def leave(self, room_id: str, user_id: str) -> MembershipOutcome: ...
+    async def leave(
+        self, room_id: str, user_id: str, *, servers: Sequence[str] = ()
+    ) -> MembershipOutcome: ...
 
 
 class WaitForEvents(Protocol):

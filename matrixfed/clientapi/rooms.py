@@ -30,7 +30,7 @@ import attrs
 from matrixfed.clientapi.common import Requester, client_endpoints, get_str, require_object
 from matrixfed.clientapi.context import ClientContext
 from matrixfed.errors import MatrixError
-from matrixfed.events.identifiers import is_valid_user_id
+from matrixfed.events.identifiers import domain_of, is_valid_user_id
 from matrixfed.federation.server.endpoint import ApiRequest, AuthMode, Endpoint, JsonResponse
 
 __all__ = ["RoomServlets"]
@@ -159,8 +159,23 @@ class RoomServlets:
         require_object(request, allow_empty=True)
         return await self._run_join(room_id, requester.user_id, [])
 
+    async def _invite_servers(self, room_id: str, user_id: str) -> list[str]:
+        """Servers named by a pending invite from another server: the inviter's
+        and the room creator's (v12 room IDs name no server)."""
+        out: list[str] = []
+        for invite in await self._ctx.store.get_invites_for_user(user_id):
+            if invite.room_id != room_id:
+                continue
+            out.append(domain_of(invite.sender) or "")
+            for event in invite.stripped_state:
+                if event.get("type") == "m.room.create" and isinstance(event.get("sender"), str):
+                    out.append(domain_of(event["sender"]) or "")
+        return [s for s in out if s]
+
     async def _run_join(self, target: str, user_id: str, servers: list[str]) -> JsonResponse:
         key = (user_id, target)
+        if target.startswith("!"):
+            servers = list(dict.fromkeys([*servers, *await self._invite_servers(target, user_id)]))
 
         def progress(report: Any) -> None:
             self._progress[key] = (
@@ -174,6 +189,7 @@ class RoomServlets:
             )
         finally:
             self._progress.pop(key, None)
+        await self._ctx.store.delete_received_invite(result.room_id, user_id)
         return 200, {"room_id": result.room_id}
 
     async def _join_progress(self, request: ApiRequest, requester: Requester) -> JsonResponse:
@@ -188,7 +204,10 @@ class RoomServlets:
     async def _leave(self, request: ApiRequest, requester: Requester) -> JsonResponse:
         room_id = _room_id_param(request)
         require_object(request, allow_empty=True)
-        await self._ctx.joiner.leave(room_id, requester.user_id)
+        servers = await self._invite_servers(room_id, requester.user_id)
+        await self._ctx.joiner.leave(room_id, requester.user_id, servers=servers)
+        # A rejected invite from another server is settled: stop listing it.
+        await self._ctx.store.delete_received_invite(room_id, requester.user_id)
         return 200, {}
 
     # --- member events about someone else ---------------------------------------
