@@ -417,7 +417,14 @@ class JoinCoordinator:
             except RemoteError as e:
                 failures.append(AttemptFailure(server, e.message, e.code, e.errcode))
             else:
-                await self._store.persist_events(room_id, [EventWithContext(event, outlier=True)])
+                try:
+                    await self._store.persist_events(
+                        room_id, [EventWithContext(event, outlier=True)]
+                    )
+                except Exception:
+                    # The leave happened: the resident has it. Keeping our copy
+                    # is a record, not a condition of success.
+                    log.failure("cannot record our leave {event_id}", event_id=event.event_id)
                 log.info(
                     "{user_id} left {room_id} via {server}",
                     user_id=user_id,
