@@ -3,7 +3,9 @@ gaps filled from the origin, forks resolved, membership handshakes."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -27,6 +29,11 @@ from tests.rooms.helpers import (
 from tests.storage.harness import DatabaseMixin, PostgresMixin, SqliteMixin
 
 VERSIONS = ("1", "6", "10", "11", "12")
+
+
+@contextlib.contextmanager
+def _no_error() -> Iterator[None]:
+    yield
 
 
 class InboundTestsMixin(DatabaseMixin):
@@ -443,6 +450,49 @@ class InboundTestsMixin(DatabaseMixin):
         self.assertEqual(await store.get_forward_extremities(room_id), extremities)
         self.assertEqual(await store.have_events([topic.event_id]), set())
         self.assertEqual(await store.get_rooms_for_user(ALICE), {room_id: "join"})
+
+    async def _member_we_never_saw(self, partial: bool) -> tuple[Store, str, Event, Event]:
+        """Carol's join is known to us only through the auth chain of her message."""
+        engine, store, room_id, fed = await self._room("10")
+        await store.set_room_partial_state(room_id, partial)
+        state = await store.get_current_state_ids(room_id)
+        tips = list((await store.get_events(await store.get_forward_extremities(room_id))).values())
+        join = await remote_event(
+            engine,
+            room_id,
+            type="m.room.member",
+            sender=CAROL,
+            content={"membership": "join"},
+            state_key=CAROL,
+            prev_events=tips,
+        )
+        with_carol = dict(state)
+        with_carol[("m.room.member", CAROL)] = join.event_id
+        msg = await remote_event(
+            engine,
+            room_id,
+            type="m.room.message",
+            sender=CAROL,
+            content={"body": "hi"},
+            prev_events=tips,
+            auth_state=with_carol,
+            known=[join],
+        )
+        fed.on("GET", "/_matrix/federation/v1/event_auth/", lambda *a: {"auth_chain": [join.pdu]})
+        with self.assertRaises(AuthError) if not partial else _no_error():
+            await engine.receive_pdu("c.example", msg.pdu)
+        return store, room_id, join, msg
+
+    async def test_partial_state_room_trusts_auth_events(self) -> None:
+        store, room_id, join, msg = await self._member_we_never_saw(partial=True)
+        self.assertIn(msg.event_id, await self._timeline_ids(store, room_id))
+        self.assertEqual(await store.get_rejected([msg.event_id]), {})
+
+    async def test_full_state_room_rejects_sender_not_in_state(self) -> None:
+        store, room_id, join, msg = await self._member_we_never_saw(partial=False)
+        self.assertIn(msg.event_id, await store.get_rejected([msg.event_id]))
+        # The join came in through the auth chain: an outlier, not in state.
+        self.assertTrue((await store.get_event_statuses([join.event_id]))[join.event_id].outlier)
 
     async def test_pdus_refused_once_we_left(self) -> None:
         engine, store, room_id, _ = await self._room("10")
