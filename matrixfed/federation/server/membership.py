@@ -54,6 +54,7 @@ from matrixfed.errors import (
     AuthError,
     InvalidEventError,
     MatrixError,
+    RemoteError,
     SignatureError,
     bad_json,
     forbidden,
@@ -541,7 +542,10 @@ class MembershipHandshakes:
             raise invalid_param(f"Signature check failed: {e}") from None
         except InvalidEventError as e:
             raise bad_json(f"Invalid event: {e}") from None
-        if known is not None and await self._store.is_host_joined(room_id, self._server_name):
+        resident = known is not None and await self._store.is_host_joined(
+            room_id, self._server_name
+        )
+        if resident:
             await self._check_against_current(checked)
         signed = dict(pdu)
         sign_event(signed, rv, self._server_name, self._engine.signing_key)
@@ -561,7 +565,31 @@ class MembershipHandshakes:
             user=event.state_key,
             room_id=room_id,
         )
+        if resident:
+            await self._take_into_room(origin, signed, checked)
         return signed
+
+    async def _take_into_room(self, origin: str, pdu: dict[str, Any], event: Event) -> None:
+        """Append an invite to a room we are in, so the invitee can join at once.
+
+        The inviting server also sends it through ``/send``; taking it now
+        closes the window in which our user sees the invite but the room's
+        state here does not have it yet. Only done when we have its
+        prev_events (no fetching while the inviter waits for our answer); any
+        failure is left to the ``/send`` copy.
+        """
+        prevs = set(event.prev_event_ids)
+        if prevs - await self._store.have_events(prevs):
+            return
+        try:
+            await self._engine.receive_pdu(origin, pdu, room_version=event.room_version)
+        except (InvalidEventError, SignatureError, AuthError, MatrixError, RemoteError) as e:
+            log.warn(
+                "invite {event_id} not taken into {room_id} now: {error}",
+                event_id=event.event_id,
+                room_id=event.room_id,
+                error=e,
+            )
 
     async def _checked_invite_state(
         self, room_state: Any, rv: RoomVersion, room_id: str

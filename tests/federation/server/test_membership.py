@@ -586,6 +586,11 @@ class InviteTests(MembershipCase):
             if allowed:
                 code, body = await self.hs.on_invite_v2(req)
                 self.assertIn(OURS, body["event"]["signatures"])
+                # Taken into the room at once: Dave can join without waiting for /send.
+                self.assertEqual(
+                    await self.store.get_membership(room_id, DAVE),
+                    ("invite", event_id_of(pdu, rv)),
+                )
             else:
                 await self.assert_error(self.hs.on_invite_v2(req), 403, "M_FORBIDDEN")
         invites = await self.store.get_invites_for_user(DAVE)
