@@ -115,12 +115,13 @@ class SyncServlets:
         if since is not None and since > now:
             # A token from the future (e.g. the database was reset): start over.
             since = None
-        return 200, await self._build(user_id, since, now, limit, full_state)
+        return 200, await self._build(requester, since, now, limit, full_state)
 
     async def _build(
-        self, user_id: str, since: int | None, now: int, limit: int, full_state: bool
+        self, requester: Requester, since: int | None, now: int, limit: int, full_state: bool
     ) -> dict[str, Any]:
         store = self._ctx.store
+        user_id = requester.user_id
         memberships = await store.get_rooms_for_user(user_id, ("join", "invite", "leave", "ban"))
         changed = {} if since is None else await store.get_rooms_changed_since(since)
         join: dict[str, Any] = {}
@@ -130,7 +131,7 @@ class SyncServlets:
             is_new = since is None or room_id in changed
             if membership == "join" and (is_new or full_state):
                 join[room_id] = await self._joined_room(
-                    room_id, user_id, since, now, limit, full_state
+                    requester, room_id, user_id, since, now, limit, full_state
                 )
             elif membership == "invite" and is_new:
                 section = await self._invited_room(room_id, user_id)
@@ -184,8 +185,16 @@ class SyncServlets:
         events = await store.get_events(state.values())
         return [events[e] for e in sorted(state.values()) if e in events]
 
+    async def _transaction_ids(self, requester: Requester, events: list[Event]) -> dict[str, str]:
+        """event_id -> the client's transaction ID, for events this token sent."""
+        own = [e.event_id for e in events if e.sender == requester.user_id]
+        keys = await self._ctx.users.get_client_txn_keys(requester.token_hash, own)
+        # The key is "send\0room\0type\0txnId" (clientapi.events).
+        return {eid: key.rsplit("\x00", 1)[-1] for eid, key in keys.items()}
+
     async def _joined_room(
         self,
+        requester: Requester,
         room_id: str,
         user_id: str,
         since: int | None,
@@ -213,9 +222,21 @@ class SyncServlets:
         else:
             prev_batch = stream_token(now)
         members = await self._ctx.store.get_room_memberships(room_id)
+        txn_ids = await self._transaction_ids(requester, events)
         return {
             "timeline": {
-                "events": [format_client_event(e, include_room_id=False) for e in events],
+                "events": [
+                    format_client_event(
+                        e,
+                        include_room_id=False,
+                        unsigned=(
+                            {"transaction_id": txn_ids[e.event_id]}
+                            if e.event_id in txn_ids
+                            else None
+                        ),
+                    )
+                    for e in events
+                ],
                 "limited": limited,
                 "prev_batch": prev_batch,
             },

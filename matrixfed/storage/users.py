@@ -13,6 +13,7 @@ half-written because each method is one transaction.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 
 import attrs
 
@@ -20,6 +21,9 @@ from matrixfed.storage.base import Clock
 from matrixfed.storage.database import Database, Transaction
 
 __all__ = ["TokenOwner", "UserInfo", "UserStore", "hash_token"]
+
+# Event IDs per SELECT ... IN (...): well under SQLite's parameter limit.
+_IN_CHUNK = 500
 
 
 def hash_token(token: str) -> str:
@@ -189,6 +193,28 @@ class UserStore:
             return None if row is None else str(row[0])
 
         return await self.db.run_interaction("get_client_txn", txn_fn)
+
+    async def get_client_txn_keys(
+        self, token_hash: str, event_ids: Collection[str]
+    ) -> dict[str, str]:
+        """event_id -> txn_key for the events among ``event_ids`` this token sent."""
+        ids = list(event_ids)
+        if not ids:
+            return {}
+
+        def txn_fn(txn: Transaction) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                txn.execute(
+                    "SELECT event_id, txn_key FROM client_txns WHERE token_hash = ?"
+                    f" AND event_id IN ({','.join('?' * len(chunk))})",
+                    (token_hash, *chunk),
+                )
+                out.update({str(e): str(k) for e, k in txn.fetchall()})
+            return out
+
+        return await self.db.run_interaction("get_client_txn_keys", txn_fn)
 
     async def store_client_txn(self, token_hash: str, txn_key: str, event_id: str) -> None:
         """Remember the event a request created (a repeat keeps the first)."""

@@ -141,3 +141,24 @@ class SyncTests(ClientApiCase, unittest.TestCase):
         _, alice = await api.register("alice")
         code, body = await api.call("GET", "/sync?since=t1_2", token=alice)
         self.assertEqual((code, body["errcode"]), (400, "M_INVALID_PARAM"))
+
+    async def test_own_events_carry_the_transaction_id(self) -> None:
+        api = await self.make_api()
+        _, alice = await api.register("alice", "pw")
+        _, other_device = await api.call(
+            "POST", "/login", {"type": "m.login.password", "user": "alice", "password": "pw"}
+        )
+        room_id = await create(api, alice)
+        await api.call(
+            "PUT", f"/rooms/{room_id}/send/m.room.message/abc", {"body": "x"}, token=alice
+        )
+        _, mine = await api.call("GET", "/sync", token=alice)
+        _, theirs = await api.call("GET", "/sync", token=other_device["access_token"])
+
+        def message(sync: dict[str, object]) -> dict[str, object]:
+            events = sync["rooms"]["join"][room_id]["timeline"]["events"]  # type: ignore[index]
+            found: dict[str, object] = [e for e in events if e["type"] == "m.room.message"][0]
+            return found
+
+        self.assertEqual(message(mine)["unsigned"], {"transaction_id": "abc"})
+        self.assertNotIn("transaction_id", message(theirs).get("unsigned", {}))  # type: ignore[operator]
