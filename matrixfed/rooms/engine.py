@@ -20,8 +20,14 @@ Appends of one room (local or remote) are serialised by a per-room lock, so
 the engine never forks a room by itself and reads of "current state" inside
 an append are never stale. Everything is persisted before anyone is told:
 the notifier is woken and the sender called after the commit. If the process
-dies between the commit and the sender's enqueue, that event is not sent
-(the sender's queue is separate storage).
+dies between the commit and the sender's enqueue, the sender's start-up
+recovery queues our users' events again; a remote user's membership event we
+appended (send_join/leave/knock) is then not forwarded (the other servers
+fetch it with get_missing_events when the next event arrives).
+
+How it fails: every refusal is a ``MatrixError`` (local appends) or the
+per-PDU exception of the receipt checks (remote events), raised before
+anything is written; a failed store transaction leaves nothing behind.
 """
 
 from __future__ import annotations
