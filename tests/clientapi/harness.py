@@ -87,8 +87,13 @@ class Api:
 
 class ClientApiCase(SqliteMixin, _Base):
     async def make_api(
-        self, *, enable_registration: bool = True, secret: str | None = SECRET
+        self,
+        *,
+        enable_registration: bool = True,
+        secret: str | None = SECRET,
+        wrap_joiner: Any = None,
     ) -> Api:
+        """The API of a.example; ``wrap_joiner(coordinator)`` may wrap the joiner."""
         case: Any = self
         store = await self.make_store()
         clock = Clock()
@@ -110,7 +115,7 @@ class ClientApiCase(SqliteMixin, _Base):
             server_name=LOCAL,
             store=store,
             engine=engine,
-            joiner=joiner,
+            joiner=joiner if wrap_joiner is None else wrap_joiner(joiner),
             notifier=engine.notifier,
             federation=federation,
             clock=clock,
