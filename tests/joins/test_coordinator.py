@@ -30,12 +30,12 @@ from tests.joins.resident import (
     our_key,
     user,
 )
-from tests.storage.harness import SqliteMixin
+from tests.storage.harness import DatabaseMixin, PostgresMixin, SqliteMixin
 
 ALL_VERSIONS = tuple(KNOWN_ROOM_VERSIONS)
 
 
-class JoinTestMixin(SqliteMixin):
+class JoinTestMixin(DatabaseMixin):
     async def setup_join(
         self,
         room: RoomBuilder,
@@ -75,7 +75,7 @@ class JoinTestMixin(SqliteMixin):
 
 
 def _versioned(version: str) -> type:
-    class JoinEachVersion(JoinTestMixin, unittest.TestCase):
+    class JoinEachVersion(JoinTestMixin):
         async def test_full_join(self) -> None:
             """The room, its whole state and our membership are stored; the join is live."""
             await self.setup_join(build_room(version, members=4))
@@ -145,13 +145,16 @@ def _versioned(version: str) -> type:
             self.assertIn("@m3:other.example", joined)
             self.assertIn(user("bob"), joined)
 
-    JoinEachVersion.__name__ = f"JoinV{version}"
-    JoinEachVersion.__qualname__ = f"JoinV{version}"
     return JoinEachVersion
 
 
 for _v in ALL_VERSIONS:
-    globals()[f"JoinV{_v}"] = _versioned(_v)
+    _mixin = _versioned(_v)
+    for _engine, _db_mixin in (("", SqliteMixin), ("Postgres", PostgresMixin)):
+        _name = f"Join{_engine}V{_v}"
+        globals()[_name] = type(
+            _name, (_db_mixin, _mixin, unittest.TestCase), {"__module__": __name__}
+        )
 
 
 def _topic_room(version: str = "10") -> RoomBuilder:
@@ -160,7 +163,7 @@ def _topic_room(version: str = "10") -> RoomBuilder:
     return room
 
 
-class TamperedStateTests(JoinTestMixin, unittest.TestCase):
+class _TamperedState(JoinTestMixin):
     """Bad events in the answer never become current state."""
 
     async def test_bad_signature_is_dropped(self) -> None:
@@ -268,7 +271,15 @@ class TamperedStateTests(JoinTestMixin, unittest.TestCase):
         await self.assert_nothing_stored()
 
 
-class CandidateTests(JoinTestMixin, unittest.TestCase):
+class TamperedStateTests(SqliteMixin, _TamperedState, unittest.TestCase):
+    pass
+
+
+class TamperedStatePostgresTests(PostgresMixin, _TamperedState, unittest.TestCase):
+    pass
+
+
+class CandidateTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
     """Servers that fail are skipped for the next; all failing -> JoinFailed."""
 
     servers = ("slow.example", "junk.example", "other-room.example", "other-user.example")
@@ -365,7 +376,7 @@ class CandidateTests(JoinTestMixin, unittest.TestCase):
         self.assertEqual(caught.exception.code, 400)
 
 
-class ConcurrencyAndLocalTests(JoinTestMixin, unittest.TestCase):
+class ConcurrencyAndLocalTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
     async def test_concurrent_joins_share_one_handshake(self) -> None:
         await self.setup_join(build_room("10", members=3))
         first = ensureDeferred(self.coordinator.join(self.room_id, user("bob")))
@@ -412,7 +423,7 @@ class ConcurrencyAndLocalTests(JoinTestMixin, unittest.TestCase):
         self.assertEqual(len(attempts), 2)
 
 
-class LeaveTests(JoinTestMixin, unittest.TestCase):
+class LeaveTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
     async def test_reject_remote_invite_via_inviting_server(self) -> None:
         room = build_room("11", members=2)
         room.member(CREATOR, "invite", user("bob"))
@@ -450,7 +461,7 @@ class LeaveTests(JoinTestMixin, unittest.TestCase):
         self.assertEqual(caught.exception.code, 403)
 
 
-class RestrictedJoinTests(JoinTestMixin, unittest.TestCase):
+class RestrictedJoinTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
     async def test_countersigned_join_is_stored_with_the_residents_signature(self) -> None:
         room = build_room("10", members=2)
         room.send(
@@ -472,7 +483,7 @@ class RestrictedJoinTests(JoinTestMixin, unittest.TestCase):
         self.assertIn(OURS, stored.signatures)
 
 
-class PartialStateTests(JoinTestMixin, unittest.TestCase):
+class PartialStateTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
     async def test_big_resync_uses_state_request(self) -> None:
         await self.setup_join(build_room("11", members=60), partial_state=True)
         result = await self.coordinator.join(self.room_id, user("bob"))

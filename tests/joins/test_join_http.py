@@ -12,7 +12,7 @@ from typing import Any
 from twisted.trial import unittest
 
 from tests.harness.fakeremote import Garbage, ReceivedRequest, RemoteRoom, Reply
-from tests.harness.servers import TestNetwork
+from tests.harness.servers import TestNetwork, eventually
 from tests.joins.resident import FakeResidents
 
 MAKE_JOIN = "/_matrix/federation/v1/make_join/{roomId}/{userId}"
@@ -106,3 +106,36 @@ class MatrixfedResidentTests(unittest.TestCase):
             await b.store.get_current_state_ids(room_id),
             await a.store.get_current_state_ids(room_id),
         )
+
+    async def test_leave_then_join_again(self) -> None:
+        """After the last local user left, a new join is a new handshake; the room works."""
+        net = TestNetwork(self)
+        a = await net.start_server()
+        b = await net.start_server()
+        alice, bob = a.user("alice"), b.user("bob")
+        room_id = await a.engine.create_room(alice, preset="public_chat", room_version="10")
+        await b.joiner.join(room_id, bob, servers=[a.name])
+        left = await b.joiner.leave(room_id, bob)
+        self.assertIsNone(left.server)  # a local leave, sent to A by B's engine
+        await eventually(lambda: _membership_is(a, room_id, bob, "leave"), "the leave reaches A")
+        self.assertFalse(await b.store.is_host_joined(room_id, b.name))
+        again = await b.joiner.join(room_id, bob, servers=[a.name])
+        self.assertEqual(again.server, a.name)
+        self.assertEqual(await b.store.get_membership(room_id, bob), ("join", again.event_id))
+        sent = await b.engine.send_event(
+            room_id, type="m.room.message", sender=bob, content={"body": "back"}
+        )
+        await eventually(
+            lambda: _accepted(a, sent.event_id), "B's message after rejoining reaches A"
+        )
+
+
+async def _membership_is(server: Any, room_id: str, user_id: str, want: str) -> bool:
+    found = await server.store.get_membership(room_id, user_id)
+    return found is not None and found[0] == want
+
+
+async def _accepted(server: Any, event_id: str) -> bool:
+    if await server.store.get_event(event_id) is None:
+        return False
+    return not await server.store.get_rejected([event_id])
