@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from canonicaljson import encode_canonical_json
 from twisted.internet.defer import Deferred
 
 from matrixfed.clientapi.common import (
@@ -42,7 +43,18 @@ MAX_MESSAGES_LIMIT = 1000
 # Events asked of a remote server per backfill round.
 BACKFILL_LIMIT = 100
 
+# spec: a PDU is at most 65536 bytes of canonical JSON; content alone over that
+# can never fit, so it is refused before building the event.
+MAX_CONTENT_BYTES = 65536
+
 Token = tuple[Literal["t"], int, int] | tuple[Literal["s"], int, int]
+
+
+def _event_content(request: ApiRequest) -> dict[str, Any]:
+    content = require_object(request)
+    if len(encode_canonical_json(content)) > MAX_CONTENT_BYTES:
+        raise MatrixError(413, "M_TOO_LARGE", "Event is too large")
+    return content
 
 
 def stream_token(ordering: int) -> str:
@@ -111,7 +123,7 @@ class EventServlets:
         room_id = request.path_params["roomId"]
         event_type = request.path_params["eventType"]
         txn_id = request.path_params["txnId"]
-        content = require_object(request)
+        content = _event_content(request)
         txn_key = "\x00".join(("send", room_id, event_type, txn_id))
         key = (requester.token_hash, txn_key)
         waiters = self._inflight.get(key)
@@ -141,7 +153,7 @@ class EventServlets:
 
     async def _put_state(self, request: ApiRequest, requester: Requester) -> JsonResponse:
         room_id = request.path_params["roomId"]
-        content = require_object(request)
+        content = _event_content(request)
         event = await self._ctx.engine.send_event(
             room_id,
             type=request.path_params["eventType"],

@@ -62,6 +62,16 @@ class SendTests(ClientApiCase, unittest.TestCase):
         )
         self.assertEqual((code, body["errcode"]), (400, "M_BAD_JSON"))
 
+    async def test_oversized_content_is_413(self) -> None:
+        api = await self.make_api()
+        _, alice = await api.register("alice")
+        room_id = await create(api, alice)
+        for path in ("/send/m.room.message/big", "/state/org.example.big/k"):
+            code, body = await api.call(
+                "PUT", f"/rooms/{room_id}{path}", {"body": "x" * 70000}, token=alice
+            )
+            self.assertEqual((code, body["errcode"]), (413, "M_TOO_LARGE"), path)
+
 
 class StateTests(ClientApiCase, unittest.TestCase):
     async def test_put_and_get_state(self) -> None:
