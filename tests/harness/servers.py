@@ -31,7 +31,7 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from matrixfed.config import Config
-from matrixfed.service import MatrixfedService, make_service
+from matrixfed.service import MatrixfedService, StartupError, make_service
 from tests.federation.fakes import TestCA
 from tests.harness.fakeremote import FakeRemote
 
@@ -43,6 +43,8 @@ __all__ = ["ServerHandle", "TestNetwork", "eventually", "free_port"]
 # running on other servers and database threads; not a timing assertion).
 POLL_SECONDS = 0.02
 POLL_LIMIT = 1000
+# Tries to start a server when the port picked for it was taken meanwhile.
+PORT_ATTEMPTS = 3
 
 
 async def eventually(
@@ -182,8 +184,19 @@ class TestNetwork:
         return handle
 
     async def start_server(self, **overrides: Any) -> ServerHandle:
-        """Start a new server; ``overrides`` are Config fields."""
-        return await self.start_config(self.make_config(**overrides))
+        """Start a new server; ``overrides`` are Config fields.
+
+        The free port is picked before binding, so another process may take it
+        in between: then the server is started again on another port.
+        """
+        for attempt in range(PORT_ATTEMPTS):
+            config = self.make_config(**overrides)
+            try:
+                return await self.start_config(config)
+            except StartupError as e:
+                if "cannot listen" not in str(e) or attempt == PORT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def stop(self, handle: ServerHandle) -> None:
         """Stop a server (its data dir stays)."""
