@@ -19,13 +19,14 @@ database.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from matrixfed.storage.base import StoreBase
 from matrixfed.storage.database import Transaction
+from matrixfed.storage.state import SQL_CHUNK
 
 __all__ = ["PROFILE_FIELDS", "Profile", "ProfileStore", "ProfileStoreMixin", "ReceivedInvite"]
 
@@ -238,6 +239,27 @@ class ProfileStoreMixin(StoreBase):
             return None if row is None else (str(row[0]), int(row[1]))
 
         return await self.db.run_interaction("get_event_at_timestamp", txn_fn)
+
+    async def get_redactions_for(self, event_ids: Iterable[str]) -> dict[str, list[str]]:
+        """target event ID -> IDs of stored redactions of it, for ``event_ids``."""
+        ids = list(dict.fromkeys(event_ids))
+
+        def txn_fn(txn: Transaction) -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for i in range(0, len(ids), SQL_CHUNK):
+                chunk = ids[i : i + SQL_CHUNK]
+                txn.execute(
+                    "SELECT redacts, event_id FROM redactions"
+                    f" WHERE redacts IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                for target, redaction in txn.fetchall():
+                    out.setdefault(str(target), []).append(str(redaction))
+            return out
+
+        if not ids:
+            return {}
+        return await self.db.run_interaction("get_redactions_for", txn_fn)
 
 
 class ProfileStore(ProfileStoreMixin):

@@ -37,7 +37,7 @@ from matrixfed.federation.server.endpoint import ApiRequest, Endpoint, JsonRespo
 from matrixfed.rooms.acl import check_server_acl
 from matrixfed.storage.store import Store
 
-__all__ = ["ResidentQueries", "may_server_see_event", "serve_events"]
+__all__ = ["ResidentQueries", "may_server_see_event", "serve_events", "visible_event_ids"]
 
 log = Logger()
 
@@ -72,27 +72,21 @@ def _int_arg(request: ApiRequest, name: str, *, required: bool, default: int = 0
         raise invalid_param(f"{name} must be an integer") from None
 
 
-async def _state_events(store: Store, state: Mapping[tuple[str, str], str]) -> dict[str, Event]:
-    return await store.get_events(state.values())
-
-
-async def may_server_see_event(store: Store, server_name: str, event: Event) -> bool:
-    """Whether ``server_name`` may see ``event`` by the history visibility at it.
-
-    An event without stored state (an outlier) is visible: it was fetched as
-    part of an auth chain or a join's state, which servers in the room get.
-    """
-    state = await store.get_state_after(event.event_id)
-    if state is None:
-        return True
+async def _visibility_of_state(store: Store, state: Mapping[tuple[str, str], str]) -> str:
     hv_id = state.get((HISTORY_VISIBILITY, ""))
-    visibility = DEFAULT_HISTORY_VISIBILITY
     if hv_id is not None:
         hv_event = await store.get_event(hv_id)
         if hv_event is not None:
             value = hv_event.content.get("history_visibility")
             if isinstance(value, str):
-                visibility = value
+                return value
+    return DEFAULT_HISTORY_VISIBILITY
+
+
+async def _server_sees_state(
+    store: Store, server_name: str, state: Mapping[tuple[str, str], str]
+) -> bool:
+    visibility = await _visibility_of_state(store, state)
     if visibility in ("shared", "world_readable"):
         return True
     wanted = {"join", "invite"} if visibility == "invited" else {"join"}
@@ -105,31 +99,76 @@ async def may_server_see_event(store: Store, server_name: str, event: Event) -> 
     return any(m.membership in wanted for m in members.values())
 
 
-async def _redaction_applies(store: Store, event: Event, redaction_ids: Sequence[str]) -> bool:
-    statuses = await store.get_event_statuses(redaction_ids)
-    accepted = [
-        eid
-        for eid, s in statuses.items()
-        if s.rejected_reason is None and not s.soft_failed and s.room_id == event.room_id
-    ]
-    if not accepted:
-        return False
-    redactions = await store.get_events(accepted)
-    for redaction in redactions.values():
-        if redaction.sender_domain() == event.sender_domain():
-            return True
-        # Another server's redaction counts only from a user with redact power.
-        state = await store.get_state_before(redaction.event_id)
-        if state is None:
+async def visible_event_ids(store: Store, server_name: str, events: Sequence[Event]) -> set[str]:
+    """The IDs among ``events`` that ``server_name`` may see by the history
+    visibility in force at each (the state after it).
+
+    An event without stored state (an outlier) is visible: it was fetched as
+    part of an auth chain or a join's state, which servers in the room get.
+    Events sharing a state are judged once.
+    """
+    groups = await store.get_state_groups_for_events(e.event_id for e in events)
+    verdicts: dict[int, bool] = {}
+    visible: set[str] = set()
+    for event in events:
+        found = groups.get(event.event_id)
+        if found is None:
+            visible.add(event.event_id)
             continue
-        events = await _state_events(
-            store, {k: v for k, v in state.items() if k[0] != MEMBER or k[1] == ""}
-        )
-        by_key = {(e.type, e.state_key or ""): e for e in events.values()}
-        pl = PowerLevels.from_state(by_key, event.room_version)
-        if pl.user_level(redaction.sender) >= pl.named_level("redact"):
-            return True
-    return False
+        after = found[1]
+        if after not in verdicts:
+            state = await store.get_state_ids_for_group(after)
+            verdicts[after] = await _server_sees_state(store, server_name, state)
+        if verdicts[after]:
+            visible.add(event.event_id)
+    return visible
+
+
+async def may_server_see_event(store: Store, server_name: str, event: Event) -> bool:
+    """Whether ``server_name`` may see ``event`` (see ``visible_event_ids``)."""
+    return event.event_id in await visible_event_ids(store, server_name, [event])
+
+
+async def _redacted_ids(store: Store, events: Sequence[Event]) -> set[str]:
+    """IDs among ``events`` with an accepted redaction that applies.
+
+    A redaction applies when it was accepted (neither rejected nor soft-failed)
+    in the same room and comes from the original sender's server, or from a
+    user with the redact power level in the state before the redaction.
+    """
+    by_id = {e.event_id: e for e in events}
+    targets = await store.get_redactions_for(by_id)
+    if not targets:
+        return set()
+    all_redactions = [r for rs in targets.values() for r in rs]
+    statuses = await store.get_event_statuses(all_redactions)
+    redactions = await store.get_events(
+        r for r, s in statuses.items() if s.rejected_reason is None and not s.soft_failed
+    )
+    out: set[str] = set()
+    for target_id, redaction_ids in targets.items():
+        event = by_id[target_id]
+        for rid in redaction_ids:
+            redaction = redactions.get(rid)
+            if redaction is None or redaction.room_id != event.room_id:
+                continue
+            if redaction.sender_domain() == event.sender_domain() or await _has_redact_power(
+                store, redaction
+            ):
+                out.add(target_id)
+                break
+    return out
+
+
+async def _has_redact_power(store: Store, redaction: Event) -> bool:
+    state = await store.get_state_before(redaction.event_id)
+    if state is None:
+        return False
+    keys = [k for k in (("m.room.create", ""), ("m.room.power_levels", "")) if k in state]
+    events = await store.get_events(state[k] for k in keys)
+    by_key = {(e.type, e.state_key or ""): e for e in events.values()}
+    pl = PowerLevels.from_state(by_key, redaction.room_version)
+    return pl.user_level(redaction.sender) >= pl.named_level("redact")
 
 
 async def serve_events(
@@ -137,20 +176,12 @@ async def serve_events(
 ) -> list[dict[str, Any]]:
     """The PDUs to send for ``events``: redacted where a redaction applies or,
     with ``server_name``, where that server may not see the event."""
-    out: list[dict[str, Any]] = []
-    for event in events:
-        pdu = event.pdu
-        hidden = server_name is not None and not await may_server_see_event(
-            store, server_name, event
-        )
-        if hidden:
-            pdu = redact(pdu, event.room_version)
-        else:
-            redaction_ids = await store.get_redaction_ids(event.event_id)
-            if redaction_ids and await _redaction_applies(store, event, redaction_ids):
-                pdu = redact(pdu, event.room_version)
-        out.append(pdu)
-    return out
+    events = list(events)
+    redacted = await _redacted_ids(store, events)
+    if server_name is not None:
+        visible = await visible_event_ids(store, server_name, events)
+        redacted.update(e.event_id for e in events if e.event_id not in visible)
+    return [redact(e.pdu, e.room_version) if e.event_id in redacted else e.pdu for e in events]
 
 
 class ResidentQueries:

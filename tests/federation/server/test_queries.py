@@ -206,6 +206,31 @@ class AnswerTests(QueriesCase):
         code, body = await self.q.on_event(self.get("/event/{eventId}", {"eventId": msg}))
         self.assertEqual(body["pdus"][0]["content"], {})
 
+    async def test_redactions_apply_only_from_the_sender_or_with_power(self) -> None:
+        await self.setup("11")
+        await self.join_bob()
+        alices = await self.message("alice's")
+
+        async def bob_sends(etype: str, content: dict[str, Any]) -> str:
+            template = await self.engine.build_event(
+                self.room_id, type=etype, sender=BOB, content=content
+            )
+            pdu = sign_as(template, self.rv, REMOTE)
+            await self.engine.receive_pdu(REMOTE, pdu)
+            return event_id_of(pdu, self.rv)
+
+        bobs = await bob_sends("m.room.message", {"body": "bob's"})
+        over_alice = await bob_sends("m.room.redaction", {"redacts": alices})
+        await bob_sends("m.room.redaction", {"redacts": bobs})
+        # Accepted into the room (v3+ leave the check to whoever applies it).
+        status = (await self.store.get_event_statuses([over_alice]))[over_alice]
+        self.assertIsNone(status.rejected_reason)
+        self.assertFalse(status.soft_failed)
+        code, body = await self.q.on_event(self.get("/event/{eventId}", {"eventId": alices}))
+        self.assertEqual(body["pdus"][0]["content"], {"body": "alice's"})
+        code, body = await self.q.on_event(self.get("/event/{eventId}", {"eventId": bobs}))
+        self.assertEqual(body["pdus"][0]["content"], {})
+
     async def test_backfill_and_missing_events(self) -> None:
         room_id = await self.setup()
         await self.join_bob()
