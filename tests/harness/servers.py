@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import os
 import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ from matrixfed.config import Config
 from matrixfed.service import MatrixfedService, StartupError, make_service
 from tests.federation.fakes import TestCA
 from tests.harness.fakeremote import FakeRemote
+from tests.storage.harness import POSTGRES_URI, _pg_admin, _with_search_path
 
 reactor: Any = _reactor
 
@@ -144,8 +146,25 @@ class TestNetwork:
         self.ca = TestCA()
         self.servers: list[ServerHandle] = []
 
-    def make_config(self, **overrides: Any) -> Config:
-        """A Config for a new server (not started); ``overrides`` go to ``Config``."""
+    def postgres_database(self) -> str:
+        """A database URI on a fresh PostgreSQL schema (dropped in cleanup);
+        needs MATRIXFED_TEST_POSTGRES (check ``POSTGRES_URI`` and skip otherwise)."""
+        if POSTGRES_URI is None:
+            raise unittest.SkipTest("PostgreSQL not available (MATRIXFED_TEST_POSTGRES unset)")
+        schema = "test_" + uuid.uuid4().hex[:16]
+        _pg_admin(f"CREATE SCHEMA {schema}")
+        # Cleanups run last-in first-out: this runs after the server stopped.
+        self.case.addCleanup(_pg_admin, f"DROP SCHEMA {schema} CASCADE")
+        return _with_search_path(POSTGRES_URI, schema)
+
+    def make_config(self, *, postgres: bool = False, **overrides: Any) -> Config:
+        """A Config for a new server (not started); ``overrides`` go to ``Config``.
+
+        With ``postgres=True`` the server uses a fresh PostgreSQL schema (the
+        test is skipped when MATRIXFED_TEST_POSTGRES is unset).
+        """
+        if postgres:
+            overrides.setdefault("database", self.postgres_database())
         port = free_port()
         name = f"127.0.0.1:{port}"
         data_dir = self.case.mktemp()
@@ -183,14 +202,14 @@ class TestNetwork:
         await svc.when_ready()
         return handle
 
-    async def start_server(self, **overrides: Any) -> ServerHandle:
+    async def start_server(self, *, postgres: bool = False, **overrides: Any) -> ServerHandle:
         """Start a new server; ``overrides`` are Config fields.
 
         The free port is picked before binding, so another process may take it
         in between: then the server is started again on another port.
         """
         for attempt in range(PORT_ATTEMPTS):
-            config = self.make_config(**overrides)
+            config = self.make_config(postgres=postgres, **overrides)
             try:
                 return await self.start_config(config)
             except StartupError as e:

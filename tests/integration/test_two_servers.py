@@ -63,11 +63,13 @@ async def send_text(server: ServerHandle, room_id: str, sender: str, body: str) 
 
 class _JoinAndTalk:
     version: str
+    # The resident server's database engine (B always uses SQLite).
+    postgres = False
 
     async def test_remote_user_joins_then_messages_flow_both_ways(self) -> None:
         case: Any = self
         net = TestNetwork(case)
-        a = await net.start_server()
+        a = await net.start_server(postgres=self.postgres)
         b = await net.start_server()
         alice, bob = a.user("alice"), b.user("bob")
         room_id = await a.engine.create_room(
@@ -106,6 +108,13 @@ for _version in VERSIONS:
         _name, (_JoinAndTalk, unittest.TestCase), {"version": _version, "__module__": __name__}
     )
 del _version, _name
+
+
+class JoinAndTalkPostgresV12(_JoinAndTalk, unittest.TestCase):
+    """The same with the resident server on PostgreSQL."""
+
+    version = "12"
+    postgres = True
 
 
 class MembershipTests(unittest.TestCase):
@@ -246,9 +255,12 @@ class _CrashAfterSending:
 
 
 class SenderCrashTests(unittest.TestCase):
+    # The sending server's database engine.
+    postgres = False
+
     async def test_transaction_retried_after_a_sender_crash_is_taken_once(self) -> None:
         net = TestNetwork(self)
-        a = await net.start_server()
+        a = await net.start_server(postgres=self.postgres)
         b = await net.start_server()
         alice, bob = a.user("alice"), b.user("bob")
         room_id = await a.engine.create_room(alice, preset="public_chat", room_version="12")
@@ -274,3 +286,9 @@ class SenderCrashTests(unittest.TestCase):
         # And the room goes on.
         after = await send_text(a, room_id, alice, "after the restart")
         await eventually(lambda: has_event(b, after.event_id), "next message on B")
+
+
+class SenderCrashPostgresTests(SenderCrashTests):
+    """The same with the sending server on PostgreSQL."""
+
+    postgres = True
