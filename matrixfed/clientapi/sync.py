@@ -133,7 +133,11 @@ class SyncServlets:
                 join[room_id] = await self._joined_room(
                     requester, room_id, user_id, since, now, limit, full_state
                 )
-            elif membership == "invite" and is_new:
+            elif (
+                membership == "invite"
+                and is_new
+                and await self._invited_since(room_id, user_id, since)
+            ):
                 section = await self._invited_room(room_id, user_id)
                 if section is not None:
                     invite[room_id] = section
@@ -249,6 +253,18 @@ class SyncServlets:
                 "m.invited_member_count": sum(1 for m in members.values() if m == "invite"),
             },
         }
+
+    async def _invited_since(self, room_id: str, user_id: str, since: int | None) -> bool:
+        """Whether the user's invite is new since ``since`` (not just other
+        activity in a room they are invited to)."""
+        if since is None:
+            return True
+        current = await self._ctx.store.get_membership(room_id, user_id)
+        if current is None:
+            return False
+        statuses = await self._ctx.store.get_event_statuses([current[1]])
+        status = statuses.get(current[1])
+        return status is not None and status.stream_ordering > since
 
     async def _invited_room(self, room_id: str, user_id: str) -> dict[str, Any] | None:
         store = self._ctx.store

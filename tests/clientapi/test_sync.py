@@ -124,8 +124,13 @@ class SyncTests(ClientApiCase, unittest.TestCase):
         )
         self.assertIn("invite", [e["content"].get("membership") for e in state])
 
+        # More activity in the room does not repeat the invite.
+        await api.call("PUT", f"/rooms/{room_id}/send/m.room.message/1", {"body": "x"}, token=alice)
+        _, quiet = await api.call("GET", f"/sync?since={invited['next_batch']}", token=bob)
+        self.assertEqual(quiet["rooms"]["invite"], {})
+
         await api.call("POST", f"/rooms/{room_id}/join", {}, token=bob)
-        _, joined = await api.call("GET", f"/sync?since={invited['next_batch']}", token=bob)
+        _, joined = await api.call("GET", f"/sync?since={quiet['next_batch']}", token=bob)
         self.assertIn(room_id, joined["rooms"]["join"])
         room = joined["rooms"]["join"][room_id]
         # Just joined: the state comes along.
