@@ -187,6 +187,9 @@ class MembershipHandshakes:
         room_id = request.path_params["roomId"]
         user_id = request.path_params["userId"]
         origin, rv = await self._room(request.origin, room_id)
+        if membership == "knock" and not request.args("ver"):
+            # spec: make_knock "ver" is required (knocking came with v7).
+            raise MatrixError(400, "M_MISSING_PARAM", "Missing parameter: ver")
         if membership != "leave":
             ver = request.args("ver") or DEFAULT_VER
             if rv.identifier not in ver:

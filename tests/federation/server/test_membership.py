@@ -473,6 +473,7 @@ class LeaveAndKnockTests(MembershipCase):
         await self.assert_error(self.make(old, path=MAKE_KNOCK, ver=["6"]), 403, "M_FORBIDDEN")
         public = await self.room("10")
         await self.assert_error(self.make(public, path=MAKE_KNOCK, ver=["10"]), 403, "M_FORBIDDEN")
+        await self.assert_error(self.make(public, path=MAKE_KNOCK, ver=[]), 400, "M_MISSING_PARAM")
 
 
 class InviteTests(MembershipCase):
