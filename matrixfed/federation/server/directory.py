@@ -8,8 +8,8 @@
   avatar_url. A user exists if it has a profile row or any membership in a
   room we hold (until the client API keeps users). Unset fields are left
   out. Unknown user or unknown field: 404; a user of another server: 400.
-- ``GET``/``POST /v1/publicRooms``: the rooms published in our directory,
-  largest first (then by room ID), with the public room chunk fields read
+- ``GET``/``POST /v1/publicRooms``: the rooms published in our directory
+  that we are still in, largest first (then by room ID), with the public room chunk fields read
   from current state; ``limit``/``since`` paginate with opaque offset tokens;
   ``filter.generic_search_term`` matches name, topic, canonical alias and
   room ID case-insensitively; ``filter.room_types`` as the spec says. We host
@@ -252,6 +252,8 @@ class DirectoryQueries:
         chunks = [
             await public_room_chunk(self._store, room_id)
             for room_id in await self._store.get_public_room_ids()
+            # A published room we have left is not ours to advertise.
+            if await self._store.is_host_joined(room_id, self._server_name)
         ]
         chunks = [c for c in chunks if _matches(c, term, room_types)]
         chunks.sort(key=lambda c: (-int(c["num_joined_members"]), str(c["room_id"])))

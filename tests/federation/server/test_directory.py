@@ -176,6 +176,16 @@ class PublicRoomsTests(DirectoryCase):
         )
         self.assertEqual(body["chunk"][1]["room_type"], "m.space")
         self.assertNotIn(hidden, [c["room_id"] for c in body["chunk"]])
+        # Once we have left a published room, it is no longer listed.
+        await self.engine.send_event(
+            space,
+            type="m.room.member",
+            sender=ALICE,
+            state_key=ALICE,
+            content={"membership": "leave"},
+        )
+        code, body = await self.d.on_public_rooms_get(self.get("/publicRooms"))
+        self.assertEqual([c["room_id"] for c in body["chunk"]], [big])
 
     async def test_pagination(self) -> None:
         await self.setup()
