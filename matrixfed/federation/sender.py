@@ -28,7 +28,8 @@ transaction and retries it after an exponential backoff
 (``RETRY_INITIAL_SECONDS`` doubling up to ``RETRY_MAX_SECONDS``); new events
 keep accumulating in the outbox meanwhile. A non-transient 4xx for the whole
 transaction means the destination will never take it: it is dropped (logged)
-and the queue moves on. A 2xx ends the backoff; per-PDU errors in the answer
+and the queue moves on; except 401/408/429 (``RETRIED_CLIENT_ERRORS``), which
+usually pass and are retried like transient failures. A 2xx ends the backoff; per-PDU errors in the answer
 are the receiver's verdict on those events and are logged, not retried.
 ``wake(destination)`` ends a backoff early (e.g. the destination contacted us).
 
@@ -79,6 +80,10 @@ RETRY_INITIAL_SECONDS = 5.0
 RETRY_MULTIPLIER = 2.0
 # ...up to an hour: a dead server is still probed hourly.
 RETRY_MAX_SECONDS = 3600.0
+# 4xx answers to a whole transaction that are worth retrying: 401 means the
+# receiver could not check our signature (usually it could not fetch our keys
+# yet), 408 and 429 that it was too busy. Any other 4xx drops the transaction.
+RETRIED_CLIENT_ERRORS = frozenset({401, 408, 429})
 # Deadline for one /send request: a receiver checking 50 PDUs (and fetching
 # missing events for them) may take a while; longer than that counts as a failure.
 TRANSACTION_TIMEOUT_SECONDS = 120.0
@@ -343,7 +348,13 @@ class OutboundSender:
                 dest.name, path, body, timeout=TRANSACTION_TIMEOUT_SECONDS, ignore_backoff=True
             )
         except RemoteError as e:
-            if e.reachable and not e.transient and e.code is not None and 400 <= e.code < 500:
+            if (
+                e.reachable
+                and not e.transient
+                and e.code is not None
+                and 400 <= e.code < 500
+                and e.code not in RETRIED_CLIENT_ERRORS
+            ):
                 log.warn(
                     "sender: {destination} refused transaction {txn_id} ({n} PDUs) for good:"
                     " {error}; dropped",

@@ -243,6 +243,13 @@ class _SenderTests(DatabaseMixin):
         self.clock.advance(RETRY_INITIAL_SECONDS)
         await eventually(lambda: len(self.client.pending()) == 1)
         self.assertEqual(self.client.pending()[0].event_ids, [first.event_id])
+        # 401 (the receiver could not check our signature yet) is retried too.
+        fail(self.client.pending()[0], 401)
+        await eventually(lambda: sender.retry_interval(B) == RETRY_INITIAL_SECONDS * 2)
+        await eventually(lambda: not sender._destinations[B].running, "loop ended")
+        self.clock.advance(RETRY_INITIAL_SECONDS * 2)
+        await eventually(lambda: len(self.client.pending()) == 1)
+        self.assertEqual(self.client.pending()[0].event_ids, [first.event_id])
         second = await self.message("second")
         await sender.send_pdu(second, [B])
         fail(self.client.pending()[0], 400)
@@ -253,7 +260,7 @@ class _SenderTests(DatabaseMixin):
         await eventually(lambda: not self.client.pending())
         await settle()
         self.assertEqual(await sender._queue.count_queued(B), 0)
-        self.assertEqual(len(self.client.calls), 3)
+        self.assertEqual(len(self.client.calls), 4)
 
     async def test_destinations_are_independent(self) -> None:
         sender = await self.new_sender()
