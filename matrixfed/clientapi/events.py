@@ -57,9 +57,13 @@ def _event_content(request: ApiRequest) -> dict[str, Any]:
     return content
 
 
-def stream_token(ordering: int) -> str:
-    """The token for a stream position (``/sync`` since/next_batch)."""
-    return f"s{ordering}"
+def stream_token(ordering: int, received_ms: int | None = None) -> str:
+    """The token for a stream position (``/sync`` since/next_batch).
+
+    ``received_ms`` (the server's clock when the token was made) dates the
+    invites received over federation, which are in no stream.
+    """
+    return f"s{ordering}" if received_ms is None else f"s{ordering}_{received_ms}"
 
 
 def topological_token(depth: int, ordering: int) -> str:
@@ -68,7 +72,7 @@ def topological_token(depth: int, ordering: int) -> str:
 
 
 def parse_token(token: str) -> Token:
-    """("t", depth, stream) or ("s", stream, 0).
+    """("t", depth, stream) or ("s", stream, received_ms or 0).
 
     Raises:
         MatrixError: 400 M_INVALID_PARAM for anything else.
@@ -78,7 +82,8 @@ def parse_token(token: str) -> Token:
             depth, _, ordering = token[1:].partition("_")
             return ("t", int(depth), int(ordering))
         if token.startswith("s"):
-            return ("s", int(token[1:]), 0)
+            ordering, _, received_ms = token[1:].partition("_")
+            return ("s", int(ordering), int(received_ms or 0))
     except ValueError:
         pass
     raise MatrixError(400, "M_INVALID_PARAM", f"Invalid pagination token {token!r}")

@@ -1,6 +1,7 @@
 """``GET /sync``: initial and incremental, with long polling.
 
-Tokens are stream positions (``s{ordering}``, see ``events.stream_token``).
+Tokens are stream positions (``s{ordering}_{ms}``, see ``events.stream_token``;
+the time part dates invites received over federation, which are in no stream).
 A response covers events with ``since < stream_ordering <= next_batch``; the
 upper bound is read once, after any wait, so an event is in exactly one
 response of a chain of syncs.
@@ -92,11 +93,12 @@ class SyncServlets:
     async def _sync(self, request: ApiRequest, requester: Requester) -> JsonResponse:
         since_raw = request.arg("since")
         since: int | None = None
+        since_ms = 0
         if since_raw:
             token = parse_token(since_raw)
             if token[0] != "s":
                 raise MatrixError(400, "M_INVALID_PARAM", "since must be a /sync token")
-            since = token[1]
+            since, since_ms = token[1], token[2]
         try:
             timeout_ms = int(request.arg("timeout") or 0)
         except ValueError:
@@ -111,14 +113,23 @@ class SyncServlets:
             await self._ctx.notifier.wait_for_events(
                 list(rooms), since, timeout_ms, user_id=user_id
             )
+        now_ms = int(self._ctx.clock.seconds() * 1000)
         now = await store.get_current_stream_ordering()
         if since is not None and since > now:
             # A token from the future (e.g. the database was reset): start over.
             since = None
-        return 200, await self._build(requester, since, now, limit, full_state)
+        body = await self._build(requester, since, now, limit, full_state, since_ms)
+        body["next_batch"] = stream_token(now, now_ms)
+        return 200, body
 
     async def _build(
-        self, requester: Requester, since: int | None, now: int, limit: int, full_state: bool
+        self,
+        requester: Requester,
+        since: int | None,
+        now: int,
+        limit: int,
+        full_state: bool,
+        since_ms: int = 0,
     ) -> dict[str, Any]:
         store = self._ctx.store
         user_id = requester.user_id
@@ -147,6 +158,11 @@ class SyncServlets:
                     leave[room_id] = section
         for received in await store.get_invites_for_user(user_id):
             if received.room_id in memberships and memberships[received.room_id] != "invite":
+                continue
+            # Listed once: in an initial sync, or the first sync after it came
+            # (>=: one received in the same millisecond as the token is repeated
+            # rather than lost).
+            if since is not None and received.received_ts < since_ms:
                 continue
             invite[received.room_id] = {
                 "invite_state": {
