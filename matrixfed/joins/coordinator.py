@@ -366,10 +366,16 @@ class JoinCoordinator:
             for eid, ev in assembled.events.items()
         ]
         items.append(EventWithContext(join, state_before=assembled.state))
-        current = dict(assembled.state)
-        current[(MEMBER, user_id)] = join.event_id
         report(JoinProgress("persist", 0, 1))
         async with self._engine.room_lock(room_id):
+            current: dict[tuple[str, str], str] | None = None
+            if await self._store.get_room(room_id) is not None:
+                # A room we knew (we left it, or hold outliers of it): its old
+                # forward extremities stay, so say what the state is now. A
+                # new room's current state is the state after the join, the
+                # only extremity: no second copy of the state is written.
+                current = dict(assembled.state)
+                current[(MEMBER, user_id)] = join.event_id
             persisted = await self._store.persist_events(
                 room_id, items, current_state=current, partial_state=partial
             )

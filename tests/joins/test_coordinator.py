@@ -104,6 +104,9 @@ def _versioned(version: str) -> type:
                 await self.store.get_forward_extremities(self.room_id), [result.event_id]
             )
             self.assertTrue(await self.store.is_host_joined(self.room_id, OURS))
+            # The state is stored once (before the join) plus the join's delta.
+            _groups, rows = await self.store.count_state_rows(self.room_id)
+            self.assertEqual(rows, len(expected_state) + 1)
             # The stored join is ours, signed by us.
             stored = await self.store.get_event(result.event_id)
             assert stored is not None
