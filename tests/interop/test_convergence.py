@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from tests.interop.client import ClientUser, wait_membership, wait_same_state
 from tests.interop.synapse import (
-    CORE_VERSIONS,
+    ROOM_VERSIONS,
     InteropTestCase,
     for_room_versions,
     shared_trio,
@@ -34,7 +34,7 @@ async def _run(call: Awaitable[Any]) -> Any:
     return await call
 
 
-@for_room_versions(CORE_VERSIONS)
+@for_room_versions(ROOM_VERSIONS)
 class ConvergenceTests(InteropTestCase):
     async def check_three_servers_converge(self, room_version: str) -> None:
         """Concurrent topics, then concurrent power-level changes racing a topic."""

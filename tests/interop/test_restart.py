@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from tests.interop.client import timeline_bodies, wait_bodies, wait_for, wait_membership
 from tests.interop.synapse import (
-    CORE_VERSIONS,
+    ROOM_VERSIONS,
     InteropTestCase,
     for_room_versions,
     shared_pair,
 )
 
 
-@for_room_versions(CORE_VERSIONS)
+@for_room_versions(ROOM_VERSIONS)
 class RestartTests(InteropTestCase):
     async def check_messages_sent_while_down_arrive(self, room_version: str) -> None:
         synapse, _ = await shared_pair()

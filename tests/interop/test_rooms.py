@@ -20,7 +20,6 @@ from tests.interop.client import (
     wait_same_state,
 )
 from tests.interop.synapse import (
-    CORE_VERSIONS,
     ROOM_VERSIONS,
     InteropTestCase,
     ServerProcess,
@@ -144,7 +143,7 @@ class MembershipRound:
         return user
 
 
-@for_room_versions(CORE_VERSIONS)
+@for_room_versions(ROOM_VERSIONS)
 class MembershipTests(InteropTestCase):
     async def invites(self, host: ServerProcess, guest: ServerProcess, room_version: str) -> None:
         """An invite rejected, then one accepted as soon as the invitee is shown it."""
