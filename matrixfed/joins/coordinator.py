@@ -405,7 +405,8 @@ class JoinCoordinator:
         If this server is in the room, a local leave event is appended (the
         engine sends it to the other servers). Otherwise the make_leave /
         send_leave handshake runs against ``servers`` (e.g. the inviting
-        server) and then the room's server; the leave is stored as an outlier.
+        server) and then the room's server; if the room is known (we were
+        in it once) the leave is stored as an outlier.
 
         Raises:
             JoinFailed: no server accepted the leave (per-server reasons).
@@ -426,9 +427,12 @@ class JoinCoordinator:
                 failures.append(AttemptFailure(server, e.message, e.code, e.errcode))
             else:
                 try:
-                    await self._store.persist_events(
-                        room_id, [EventWithContext(event, outlier=True)]
-                    )
+                    # Kept as a record in a room we know; a room only invited
+                    # to gets no row for it (the invite list is the record).
+                    if await self._store.get_room(room_id) is not None:
+                        await self._store.persist_events(
+                            room_id, [EventWithContext(event, outlier=True)]
+                        )
                 except Exception:
                     # The leave happened: the resident has it. Keeping our copy
                     # is a record, not a condition of success.

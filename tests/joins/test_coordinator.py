@@ -436,6 +436,8 @@ class LeaveTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
         self.assertEqual([n for _, n in self.residents.calls], ["make_leave", "send_leave"])
         leave = room.state[("m.room.member", user("bob"))]
         self.assertEqual(leave.event_id, result.event_id)
+        # A room we were never in gets no row from rejecting its invite.
+        self.assertIsNone(await self.store.get_room(self.room_id))
         self.assertEqual(leave.membership, "leave")
         self.assertIn(OURS, leave.signatures)
 
