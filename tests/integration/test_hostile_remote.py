@@ -16,11 +16,14 @@ from twisted.trial import unittest
 
 from matrixfed.events.model import Event
 from matrixfed.events.redaction import redact
-from tests.harness.fakeremote import FakeRemote, ReceivedRequest, RemoteRoom, Reply
+from tests.harness.fakeremote import FakeRemote, Garbage, ReceivedRequest, RemoteRoom, Reply
 from tests.harness.servers import ServerHandle, TestNetwork
 
 VERSIONS = ("1", "6", "10", "11", "12")
 SEND = "/_matrix/federation/v1/send/"
+MISSING = "/_matrix/federation/v1/get_missing_events/"
+STATE_IDS = "/_matrix/federation/v1/state_ids/"
+EVENT = "/_matrix/federation/v1/event/"
 
 
 def forge_signature(event: Event, server_name: str) -> Event:
@@ -62,6 +65,17 @@ class _HostileRemote:
         for pdu in request.json["pdus"]:
             self.room.receive(pdu)
         return Reply(200, {"pdus": {}})
+
+    def _serve_event(self, request: ReceivedRequest) -> Reply:
+        event = self.room.events.get(request.path_params["eventId"])
+        if event is None:
+            return Reply(404, {"errcode": "M_NOT_FOUND", "error": "no such event"})
+        body = {
+            "origin": self.remote.server_name,
+            "origin_server_ts": event.pdu["origin_server_ts"],
+            "pdus": [event.pdu],
+        }
+        return Reply(200, body)
 
     async def assertStored(self, event: Event) -> None:
         case: Any = self
@@ -137,6 +151,50 @@ class _HostileRemote:
         case.assertEqual(answer2, answer1)
         case.assertIsNone(await self.a.store.get_event(other.event_id))
         case.assertEqual(await self.a.store.get_current_stream_ordering(), before)
+
+    async def test_gap_is_filled_from_the_origin_with_get_missing_events(self) -> None:
+        case: Any = self
+        two = self.room.send("m.room.message", self.mallory, {"body": "two"})
+        three = self.room.send("m.room.message", self.mallory, {"body": "three"})
+        self.remote.on("POST", MISSING + "{roomId}", lambda r: Reply(200, {"events": [two.pdu]}))
+        answer = await self.remote.send_transaction(self.a.name, [three])
+        case.assertEqual(answer["pdus"], {three.event_id: {}})
+        await self.assertStored(two)
+        await self.assertStored(three)
+        [request] = self.remote.received("POST", MISSING)
+        case.assertEqual((request.origin, request.auth_error), (self.a.name, None))
+        case.assertEqual(request.json["latest_events"], [three.event_id])
+
+    async def test_unfillable_gap_fails_the_pdu_alone(self) -> None:
+        case: Any = self
+        self.remote.on("POST", MISSING + "{roomId}", Garbage())
+        self.room.send("m.room.message", self.mallory, {"body": "never seen"})
+        orphan = self.room.send("m.room.message", self.mallory, {"body": "orphan"})
+        # /state_ids is not scripted either (404): the state before it cannot be had.
+        answer = await self.remote.send_transaction(self.a.name, [orphan])
+        case.assertIn("error", answer["pdus"][orphan.event_id])
+        case.assertNotIn(orphan.event_id, await self.a.store.get_forward_extremities(self.room_id))
+        await self.assertNotAccepted(orphan)
+        case.assertTrue(self.remote.received("GET", STATE_IDS))
+
+    async def test_gap_bridged_by_state_ids_when_missing_events_fail(self) -> None:
+        case: Any = self
+        self.remote.on("POST", MISSING + "{roomId}", Reply(502, {"errcode": "M_UNKNOWN"}))
+        lost = self.room.send("m.room.message", self.mallory, {"body": "lost"})
+        after = self.room.send("m.room.message", self.mallory, {"body": "after the gap"})
+        state_ids = [ev.event_id for ev in self.room.state.values()]
+        self.remote.on(
+            "GET",
+            STATE_IDS + "{roomId}",
+            lambda r: Reply(200, {"pdu_ids": state_ids, "auth_chain_ids": state_ids}),
+        )
+        self.remote.on("GET", EVENT + "{eventId}", self._serve_event)
+        answer = await self.remote.send_transaction(self.a.name, [after])
+        case.assertEqual(answer["pdus"], {after.event_id: {}})
+        await self.assertStored(after)
+        case.assertIn(after.event_id, await self.a.store.get_forward_extremities(self.room_id))
+        [request] = self.remote.received("GET", STATE_IDS)
+        case.assertEqual(request.query.get("event_id"), [lost.event_id])
 
 
 for _version in VERSIONS:
