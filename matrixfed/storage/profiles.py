@@ -261,6 +261,30 @@ class ProfileStoreMixin(StoreBase):
             return {}
         return await self.db.run_interaction("get_redactions_for", txn_fn)
 
+    async def get_room_heroes(self, room_id: str, *, exclude: str, limit: int) -> list[str]:
+        """The room's heroes (client-server ``m.heroes``) from its current state.
+
+        The first ``limit`` users, by the stream order of their membership
+        events, who are joined or invited, leaving out ``exclude``; when there
+        are none, the first who left or were banned.
+        """
+
+        def txn_fn(txn: Transaction) -> list[str]:
+            for memberships in (("join", "invite"), ("leave", "ban")):
+                txn.execute(
+                    "SELECT c.state_key FROM current_state_events c"
+                    " JOIN events e ON e.event_id = c.event_id"
+                    " WHERE c.room_id = ? AND c.type = ? AND c.state_key != ?"
+                    " AND c.membership IN (?, ?) ORDER BY e.stream_ordering LIMIT ?",
+                    (room_id, "m.room.member", exclude, *memberships, limit),
+                )
+                users = [str(r[0]) for r in txn.fetchall()]
+                if users:
+                    return users
+            return []
+
+        return await self.db.run_interaction("get_room_heroes", txn_fn)
+
 
 class ProfileStore(ProfileStoreMixin):
     """``ProfileStore(db=..., clock=...)``: the mixin on its own."""

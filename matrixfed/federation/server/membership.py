@@ -434,36 +434,26 @@ class MembershipHandshakes:
 
     # -- the send_join answer ------------------------------------------------------
 
-    async def _heroes(self, state: Mapping[tuple[str, str], str], joiner: str) -> list[str]:
-        """Member event IDs of the room's heroes when it has no name nor alias."""
+    async def _heroes(
+        self, room_id: str, state: Mapping[tuple[str, str], str], joiner: str
+    ) -> list[str]:
+        """Member event IDs (in ``state``) of the room's heroes, when the room
+        has no name nor canonical alias; otherwise none."""
         for key in (("m.room.name", ""), ("m.room.canonical_alias", "")):
             eid = state.get(key)
             if eid is not None:
                 ev = await self._store.get_event(eid)
                 if ev is not None and (ev.content.get("name") or ev.content.get("alias")):
                     return []
-        member_ids = {eid for (t, sk), eid in state.items() if t == MEMBER and sk != joiner}
-        events = await self._store.get_events(member_ids)
-        statuses = await self._store.get_event_statuses(member_ids)
-
-        def order(e: Event) -> tuple[int, str]:
-            s = statuses.get(e.event_id)
-            return (s.stream_ordering if s is not None else 0, e.event_id)
-
-        ranked = sorted(events.values(), key=order)
-        current = [e for e in ranked if e.membership in ("join", "invite")]
-        chosen = current if current else [e for e in ranked if e.membership in ("leave", "ban")]
-        return [e.event_id for e in chosen[:HEROES]]
+        users = await self._store.get_room_heroes(room_id, exclude=joiner, limit=HEROES)
+        return [state[(MEMBER, u)] for u in users if (MEMBER, u) in state]
 
     async def _join_response(
         self, event: Event, before: Mapping[tuple[str, str], str], *, omit_members: bool
     ) -> dict[str, Any]:
         state_ids = list(before.values())
-        member_ids = [eid for (t, _sk), eid in before.items() if t == MEMBER]
-        members = await self._store.get_events(member_ids)
-        servers = sorted({m.sender_domain() for m in members.values() if m.membership == "join"})
         if omit_members:
-            keep = set(await self._heroes(before, event.sender))
+            keep = set(await self._heroes(event.room_id, before, event.sender))
             state_ids = [eid for (t, _sk), eid in before.items() if t != MEMBER or eid in keep]
         chain_ids = await self._store.get_auth_chain_ids([*state_ids, event.event_id])
         chain_ids.update(event.auth_event_ids)
@@ -479,7 +469,12 @@ class MembershipHandshakes:
             "members_omitted": omit_members,
         }
         if omit_members:
-            body["servers_in_room"] = servers
+            # From the membership rows of the current state (no event loads):
+            # the servers with a joined user other than the joiner.
+            joined = await self._store.get_joined_users(event.room_id)
+            body["servers_in_room"] = sorted(
+                {domain_of(u) or "" for u in joined if u != event.sender} - {""}
+            )
         return body
 
     # -- invites -----------------------------------------------------------------------
