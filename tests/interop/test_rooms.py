@@ -110,6 +110,34 @@ class MessageTests(InteropTestCase):
         self.assertEqual(await sync_bodies_since(m_user, room_id, m_since, len(sent)), sent)
         self.assertEqual(await sync_bodies_since(s_user, room_id, s_since, len(sent)), sent)
 
+    async def history_before_join(
+        self, host: ServerProcess, guest: ServerProcess, room_version: str
+    ) -> None:
+        owner = await host.register()
+        room_id = await owner.create_room(room_version=room_version, preset="public_chat")
+        earlier = [f"before you came {i}" for i in range(5)]
+        for body in earlier:
+            await owner.send(room_id, body)
+        joiner = await guest.register()
+        await joiner.join(room_id, via=[host.server_name])
+        # history_visibility "shared" (public_chat): a joiner may read what came
+        # before; the joining server has it from the join or backfills it.
+        await wait_bodies(joiner, room_id, earlier)
+        await joiner.send(room_id, "hello")
+        await wait_bodies(owner, room_id, [*earlier, "hello"])
+
+    async def check_history_before_join_on_matrixfed(self, room_version: str) -> None:
+        """Scenario 3: a Synapse user reads what was said in a matrixfed room
+        before they joined."""
+        synapse, mf = await shared_pair()
+        await self.history_before_join(mf, synapse, room_version)
+
+    async def check_history_before_join_on_synapse(self, room_version: str) -> None:
+        """Scenario 3: a matrixfed user reads what was said in a Synapse room
+        before they joined."""
+        synapse, mf = await shared_pair()
+        await self.history_before_join(synapse, mf, room_version)
+
 
 class MembershipRound:
     """One room on ``host``, an owner there, users on ``guest``, and an observer
