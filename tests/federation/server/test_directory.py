@@ -23,6 +23,7 @@ from tests.federation.server.resident import (
     request,
     sign_as,
 )
+from tests.storage.harness import PostgresMixin
 
 V1 = "/_matrix/federation/v1"
 SAMPLES = "/work/shared/samples/synapse-1.163.2"
@@ -230,3 +231,8 @@ class PublicRoomsTests(DirectoryCase):
             400,
             "M_BAD_JSON",
         )
+
+
+# The same on PostgreSQL (skipped unless MATRIXFED_TEST_POSTGRES is set).
+class PublicRoomsPostgresTests(PostgresMixin, PublicRoomsTests):
+    pass

@@ -26,6 +26,7 @@ from tests.federation.server.resident import (
     request,
     sign_as,
 )
+from tests.storage.harness import PostgresMixin
 
 MAKE_JOIN = "/_matrix/federation/v1/make_join/{roomId}/{userId}"
 SEND_JOIN_V1 = "/_matrix/federation/v1/send_join/{roomId}/{eventId}"
@@ -630,3 +631,16 @@ class InviteTests(MembershipCase):
         )
         await self.assert_error(self.hs.on_invite_v2(req), 400, "M_INVALID_PARAM")
         self.assertEqual(await self.store.get_invites_for_user(DAVE), [])
+
+
+# The same on PostgreSQL (skipped unless MATRIXFED_TEST_POSTGRES is set).
+class SendJoinPostgresTests(PostgresMixin, SendJoinTests):
+    pass
+
+
+class RestrictedJoinPostgresTests(PostgresMixin, RestrictedJoinTests):
+    pass
+
+
+class InvitePostgresTests(PostgresMixin, InviteTests):
+    pass

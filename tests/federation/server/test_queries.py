@@ -22,6 +22,7 @@ from tests.federation.server.resident import (
     request,
     sign_as,
 )
+from tests.storage.harness import PostgresMixin
 
 V1 = "/_matrix/federation/v1"
 
@@ -317,3 +318,8 @@ class AnswerTests(QueriesCase):
             400,
             "M_INVALID_PARAM",
         )
+
+
+# The same on PostgreSQL (skipped unless MATRIXFED_TEST_POSTGRES is set).
+class AnswerPostgresTests(PostgresMixin, AnswerTests):
+    pass
