@@ -239,6 +239,28 @@ async def run_join(reactor: Any, resident: str, room_id: str, partial: bool) -> 
 
 # --- orchestration ------------------------------------------------------------------
 
+# One ed25519 verification on an idle core of these machines (DESIGN.md).
+NOMINAL_VERIFY_US = 47
+# Verifications timed to calibrate the report against a loaded machine.
+CALIBRATION_VERIFIES = 2000
+
+
+def _ed25519_speed() -> tuple[float, float]:
+    """(wall us, CPU us) of one PyNaCl verify right now, to read the numbers by."""
+    from nacl.signing import SigningKey
+
+    key = SigningKey.generate()
+    message = b"x" * 500
+    signature = key.sign(message).signature
+    verify_key = key.verify_key
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(CALIBRATION_VERIFIES):
+        verify_key.verify(message, signature)
+    return (
+        (time.perf_counter() - wall) * 1e6 / CALIBRATION_VERIFIES,
+        (time.process_time() - cpu) * 1e6 / CALIBRATION_VERIFIES,
+    )
+
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + RESIDENT_START_TIMEOUT
@@ -320,7 +342,12 @@ def main() -> None:
         f" {'verify s':>8} {'auth s':>7} {'persist s':>9} {'ev/s':>8} {'cpu s':>6}"
         f" {'peak MB':>8} {'growth MB':>9} {'KB/ev':>6}"
     )
-    print(f"(load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)")
+    wall_us, cpu_us = _ed25519_speed()
+    print(
+        f"(load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; one ed25519"
+        f" verify now takes {wall_us:.0f} us wall, {cpu_us:.0f} us CPU; {NOMINAL_VERIFY_US} us"
+        " on an idle core of this machine type)"
+    )
     for n in [int(s) for s in args.sizes.split(",")]:
         r = bench_size(n, args.version, args.partial)
         growth = r["rss_peak_mb"] - r["rss_before_mb"]
