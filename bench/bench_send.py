@@ -2,7 +2,8 @@
 
 Builds a public room version 12 room on a fresh SQLite database (in a
 temporary directory), lets ``--members`` remote users join it (over /send,
-50 joins per transaction), then sends ``--messages`` messages from them in
+50 joins per transaction), makes ``--forks`` forks of two concurrent state changes (each resolved
+by state resolution), then sends ``--messages`` messages from them in
 transactions of 50 PDUs through ``TransactionHandler`` (every check of the
 receipt path: signatures, auth events, state before, soft-fail, persist) and
 prints PDUs per second for the joins and for the messages. Keys come from a
@@ -56,7 +57,7 @@ async def _send(handler: TransactionHandler, origin: str, txn: str, pdus: list[A
         raise SystemExit(f"unexpected errors: {errors[:3]}")
 
 
-async def run(reactor: Any, members: int, messages: int, profile: bool) -> None:
+async def run(reactor: Any, members: int, messages: int, forks: int, profile: bool) -> None:
     tmp = tempfile.mkdtemp()
     db = Database.from_uri(f"sqlite:{tmp}/bench.db", reactor=reactor)
     await db.start()
@@ -91,12 +92,50 @@ async def run(reactor: Any, members: int, messages: int, profile: bool) -> None:
     joins_s = time.perf_counter() - start
     print(f"{members} joins: {members / joins_s:.0f} PDUs/s ({joins_s:.2f}s)")
 
+    if forks:
+        start = time.perf_counter()
+        for f in range(forks):
+            state = await store.get_current_state_ids(room_id)
+            tips = list(
+                (await store.get_events(await store.get_forward_extremities(room_id))).values()
+            )
+            pdus = []
+            for side in range(2):
+                user = users[(2 * f + side) % members]
+                ev = await remote_event(
+                    engine,
+                    room_id,
+                    type="m.room.member",
+                    sender=user,
+                    content={"membership": "join", "displayname": f"{f}"},
+                    state_key=user,
+                    prev_events=tips,
+                    auth_state=state,
+                    ts_offset=side,
+                )
+                pdus.append(ev.pdu)
+            await _send(handler, "s0.example", f"f{f}", pdus)
+        fork_s = time.perf_counter() - start
+        print(
+            f"{forks} forks of two state changes in a {members}-member room:"
+            f" {fork_s / forks * 1000:.0f} ms per fork (state resolution included)"
+        )
+
     counts: dict[str, int] = {}
+    spent: dict[str, float] = {}
     original = db.run_interaction
 
     def counting(desc: str, func: Any, *args: Any, **kw: Any) -> Any:
         counts[desc] = counts.get(desc, 0) + 1
-        return original(desc, func, *args, **kw)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return func(*a, **k)
+            finally:
+                spent[desc] = spent.get(desc, 0.0) + time.perf_counter() - t0
+
+        return original(desc, timed, *args, **kw)
 
     db.run_interaction = counting  # type: ignore[method-assign]
     prof = cProfile.Profile() if profile else None
@@ -136,6 +175,9 @@ async def run(reactor: Any, members: int, messages: int, profile: bool) -> None:
         f"{k} {v / messages:.1f}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])
     )
     print(f"database transactions per message PDU: {per_pdu:.1f} ({top})")
+    busy = ", ".join(f"{k} {v / messages * 1000:.2f}" for k, v in sorted(spent.items(),
+                                                                        key=lambda kv: -kv[1]))
+    print(f"database thread ms per message PDU: {busy}")
     db.close()
 
 
@@ -143,11 +185,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=500)
     parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--forks", type=int, default=10)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
 
     def go(reactor: Any) -> Deferred[None]:
-        return Deferred.fromCoroutine(run(reactor, args.members, args.messages, args.profile))
+        return Deferred.fromCoroutine(
+            run(reactor, args.members, args.messages, args.forks, args.profile)
+        )
 
     task.react(go)
 

@@ -228,6 +228,18 @@ class RoomEngine:
             return None
         return rv, partial, joined
 
+    async def rejected_in_room(self, room_id: str) -> set[str]:
+        """IDs of the room's rejected events (a partial index keeps this cheap)."""
+
+        def txn_fn(txn: Transaction) -> set[str]:
+            txn.execute(
+                "SELECT event_id FROM events WHERE room_id = ? AND rejected_reason IS NOT NULL",
+                (room_id,),
+            )
+            return {r[0] for r in txn.fetchall()}
+
+        return await self.store.db.run_interaction("rejected_in_room", txn_fn)
+
     async def room_version_of(self, room_id: str) -> RoomVersion:
         """The room's version; 404 M_NOT_FOUND for a room we do not know."""
         rv = await self.store.get_room_version(room_id)

@@ -418,7 +418,10 @@ class InboundPdus:
         chain = await self._store.get_auth_chain_ids(ids, include_given=True)
         event_map = await self._store.get_events(chain)
         event_map.update((e.event_id, e) for e in extra)
-        rejected = frozenset(await self._store.get_rejected(chain))
+        found: set[str] = set()
+        for room_id in {e.room_id for e in event_map.values()}:
+            found |= await self._engine.rejected_in_room(room_id)
+        rejected = frozenset(found & chain)
         clock = self._engine.clock
         size = sum(len(s) for s in sets)
         if size > THREAD_RESOLVE_THRESHOLD and hasattr(clock, "getThreadPool"):

@@ -13,3 +13,7 @@ CREATE TABLE received_transactions (
 );
 
 CREATE INDEX received_transactions_ts ON received_transactions (received_ts);
+
+-- The rejected events of a room (few), for state resolution: found without
+-- looking at every event of the room's auth chains.
+CREATE INDEX events_rejected ON events (room_id) WHERE rejected_reason IS NOT NULL;
