@@ -71,6 +71,8 @@ log = Logger()
 
 # Seconds to wait for the invitee's server to countersign an invite.
 INVITE_TIMEOUT_SECONDS = 60.0
+# Rooms whose joined servers are remembered (a few KB each for big rooms).
+JOINED_SERVERS_CACHE_ROOMS = 1000
 # client-server spec "Stripped state": what an invitee is shown of the room.
 STRIPPED_STATE_KEYS = (
     ("m.room.create", ""),
@@ -178,6 +180,8 @@ class RoomEngine:
         self.sender = sender
         self.default_room_version = default_room_version
         self._locks: dict[str, DeferredLock] = {}
+        # room_id -> (current state group, joined servers at it)
+        self._joined_servers: dict[str, tuple[int, frozenset[str]]] = {}
         self.inbound = InboundPdus(engine=self)
 
     def set_sender(self, sender: OutboundSender | None) -> None:
@@ -227,6 +231,25 @@ class RoomEngine:
         if rv is None:
             return None
         return rv, partial, joined
+
+    async def joined_servers(self, room_id: str, group: int | None = None) -> set[str]:
+        """Servers with a joined user in the room's current state.
+
+        Cached per room against the current state group (``group`` when the
+        caller already read it): a message does not change the group, so a
+        busy large room is not scanned member by member for every event.
+        """
+        if group is None:
+            group = await self.store.get_current_state_group(room_id)
+        cached = self._joined_servers.get(room_id)
+        if cached is not None and group is not None and cached[0] == group:
+            return set(cached[1])
+        servers = await self.store.get_joined_servers(room_id)
+        if group is not None:
+            if len(self._joined_servers) >= JOINED_SERVERS_CACHE_ROOMS:
+                self._joined_servers.clear()
+            self._joined_servers[room_id] = (group, frozenset(servers))
+        return servers
 
     async def rejected_in_room(self, room_id: str) -> set[str]:
         """IDs of the room's rejected events (a partial index keeps this cheap)."""
@@ -548,7 +571,7 @@ class RoomEngine:
             if event.membership == "invite" and target_server is not None:
                 event = await self._countersign_invite(event, state_ids, target_server)
             servers_before = (
-                await self.store.get_joined_servers(room_id) if self.sender is not None else set()
+                await self.joined_servers(room_id, group) if self.sender is not None else set()
             )
             persisted = await self.inbound.persist(
                 EventWithContext(event, state_before=group), state_ids
@@ -640,7 +663,7 @@ class RoomEngine:
         servers = set(servers_before)
         if event.type == "m.room.member":
             # Only a membership change can change who is in the room.
-            servers |= await self.store.get_joined_servers(event.room_id)
+            servers |= await self.joined_servers(event.room_id)
         target = self._remote_target(event)
         if target is not None:
             servers.add(target)

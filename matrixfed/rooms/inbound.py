@@ -668,7 +668,7 @@ class InboundPdus:
                 reason = "not allowed by the room's current state"
             if reason is not None:
                 raise MatrixError(403, "M_FORBIDDEN", reason)
-            servers_before = await self._store.get_joined_servers(room_id)
+            servers_before = await engine.joined_servers(room_id)
             persisted = await self.persist(
                 EventWithContext(event, state_before=before if group is None else group), before
             )

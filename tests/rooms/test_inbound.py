@@ -105,6 +105,22 @@ class InboundTestsMixin(DatabaseMixin):
             room_id, type="m.room.message", sender=ALICE, content={"body": "hi all"}
         )
         self.assertEqual(sender.sent[-1], (local, ["b.example", "c.example"]))
+        leave = await remote_event(
+            engine,
+            room_id,
+            type="m.room.member",
+            sender=BOB,
+            content={"membership": "leave"},
+            state_key=BOB,
+        )
+        await engine.receive_membership_event(
+            "b.example", leave.pdu, room_id=room_id, expected_membership="leave"
+        )
+        self.assertEqual(sender.sent[-1][1], ["c.example"])
+        after = await engine.send_event(
+            room_id, type="m.room.message", sender=ALICE, content={"body": "bob left"}
+        )
+        self.assertEqual(sender.sent[-1], (after, ["c.example"]))
 
     async def test_membership_handshake_refusals_store_nothing(self) -> None:
         engine, store, room_id, _ = await self._room("10")
