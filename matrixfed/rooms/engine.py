@@ -40,7 +40,7 @@ from twisted.logger import Logger
 
 from matrixfed.auth.rules import check_auth
 from matrixfed.auth.selection import CREATE_KEY, auth_types_for_event, select_auth_event_ids
-from matrixfed.errors import AuthError, MatrixError, RemoteError
+from matrixfed.errors import AuthError, EventSizeError, InvalidEventError, MatrixError, RemoteError
 from matrixfed.events.identifiers import domain_of, is_valid_user_id
 from matrixfed.events.keys import KeyMap
 from matrixfed.events.model import Event
@@ -51,6 +51,7 @@ from matrixfed.events.room_versions import (
     RoomVersion,
 )
 from matrixfed.events.signing import sign_event
+from matrixfed.events.validation import validate_pdu
 from matrixfed.rooms.builder import (
     MAX_PREV_EVENTS_BUILT,
     PlannedEvent,
@@ -305,11 +306,26 @@ class RoomEngine:
         return {k: events[eid] for k, eid in wanted.items() if eid in events}
 
     def sign(self, pdu: dict[str, Any], rv: RoomVersion) -> Event:
-        """Set the v1/v2 event ID, hash and sign ``pdu`` in place; the trusted Event."""
+        """Set the v1/v2 event ID, hash and sign ``pdu`` in place; the trusted Event.
+
+        The result is validated like a received PDU, so we never create an
+        event other servers would refuse.
+
+        Raises:
+            MatrixError: 413 M_TOO_LARGE over a size limit; 400 M_BAD_JSON
+                for content that is not valid (canonical) JSON for the room
+                version (e.g. floats from v6).
+        """
         event_id = None
         if rv.event_format is EventFormat.V1:
             event_id = pdu.setdefault("event_id", new_v1_event_id(self.server_name))
-        sign_event(pdu, rv, self.server_name, self.signing_key)
+        try:
+            sign_event(pdu, rv, self.server_name, self.signing_key)
+            validate_pdu(pdu, rv)
+        except EventSizeError as e:
+            raise MatrixError(413, "M_TOO_LARGE", f"event too large: {e}") from None
+        except (InvalidEventError, ValueError, TypeError) as e:
+            raise MatrixError(400, "M_BAD_JSON", f"invalid event: {e}") from None
         return Event(pdu, rv, event_id)
 
     async def _prev_events(self, room_id: str) -> list[Event]:

@@ -213,6 +213,22 @@ class EngineTestsMixin(DatabaseMixin):
         self.assertEqual(await store.get_current_stream_ordering(), position)
         self.assertEqual(await store.get_current_state_ids(room_id), state)
 
+    async def test_invalid_local_events_refused(self) -> None:
+        engine, store = await self._engine()
+        room_id = await engine.create_room(ALICE, room_version="10")
+        position = await store.get_current_stream_ordering()
+        with self.assertRaises(MatrixError) as cm:
+            await engine.send_event(
+                room_id, type="m.room.message", sender=ALICE, content={"body": "x" * 70_000}
+            )
+        self.assertEqual((cm.exception.code, cm.exception.errcode), (413, "M_TOO_LARGE"))
+        with self.assertRaises(MatrixError) as cm:
+            await engine.send_event(
+                room_id, type="m.room.message", sender=ALICE, content={"body": "pi", "value": 3.14}
+            )
+        self.assertEqual((cm.exception.code, cm.exception.errcode), (400, "M_BAD_JSON"))
+        self.assertEqual(await store.get_current_stream_ordering(), position)
+
     async def test_unknown_room(self) -> None:
         engine, _ = await self._engine()
         with self.assertRaises(MatrixError) as cm:
