@@ -202,6 +202,7 @@ class OutboundSender:
         for d in loops:
             d.cancel()
         await DeferredList(loops, consumeErrors=True)
+        await self._queue.idle()
 
     # -- API --------------------------------------------------------------------------
 
@@ -300,6 +301,10 @@ class OutboundSender:
         self._kick(dest.name)
 
     async def _run(self, dest: _Destination) -> None:
+        # The transaction just delivered (or dropped): finished together with
+        # reserving the next one, in one database round. If the loop ends before
+        # that, it stays in flight and is resent (same ID) by the next start.
+        finished: str | None = None
         try:
             while not self._stopped:
                 dest.dirty = False
@@ -308,13 +313,16 @@ class OutboundSender:
                     MAX_PDUS_PER_TRANSACTION,
                     now_ms=int(self._clock.seconds() * 1000),
                     allow_empty=bool(dest.edus),
+                    finished_txn_id=finished,
                 )
+                finished = None
                 if txn is None:
                     if dest.dirty:
                         continue
                     return
                 if not await self._send(dest, txn):
                     return
+                finished = txn.txn_id
         except CancelledError:
             return
         except Exception:
@@ -363,7 +371,7 @@ class OutboundSender:
                     n=len(pdus),
                     error=str(e),
                 )
-                await self._finish(dest, txn)
+                self._done(dest)
                 return True
             log.info(
                 "sender: transaction {txn_id} to {destination} failed: {error}",
@@ -374,12 +382,12 @@ class OutboundSender:
             self._schedule_retry(dest)
             return False
         self._log_pdu_errors(dest.name, answer)
-        await self._finish(dest, txn)
+        self._done(dest)
         dest.retry_interval = 0.0
         return True
 
-    async def _finish(self, dest: _Destination, txn: OutboundTransaction) -> None:
-        await self._queue.finish_transaction(dest.name, txn.txn_id)
+    @staticmethod
+    def _done(dest: _Destination) -> None:
         dest.inflight_txn_id = None
         dest.inflight_edus = []
 
