@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from matrixfed.auth.rules import check_auth, check_auth_events_refs
@@ -118,7 +119,10 @@ class EventVerifier:
             progress: receives ("keys", ...), ("verify", done, total), ("auth", ...).
         """
         report = progress or _ignore
-        needed = needed_keys_for_pdus(pdus, room_version)
+        # A walk over every PDU: on the pool too, so a huge join never stalls the reactor.
+        needed: dict[str, dict[str, int]] = await self._runner.run(
+            needed_keys_for_pdus, pdus, room_version
+        )
         report(JoinProgress("keys", 0, len(needed)))
         keys = await self._keyring.get_keys_batch(needed)
         found = sum(1 for server_keys in keys.values() if server_keys)
@@ -226,8 +230,6 @@ class EventVerifier:
                         done=done,
                         total=total,
                     )
-
-        from twisted.internet.defer import Deferred, gatherResults
 
         await gatherResults(
             [Deferred.fromCoroutine(worker()) for _ in range(min(self._workers, len(starts)))],
