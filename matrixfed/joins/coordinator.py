@@ -55,6 +55,7 @@ from matrixfed.events.identifiers import domain_of, is_valid_user_id
 from matrixfed.events.model import Event
 from matrixfed.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from matrixfed.joins.api import (
+    VERIFY_CHUNK_SIZE,
     AttemptError,
     AttemptFailure,
     JoinFailed,
@@ -103,6 +104,7 @@ class JoinCoordinator:
         supported_room_versions: Sequence[str] = tuple(KNOWN_ROOM_VERSIONS),
         partial_state: bool = False,
         verify_workers: int = 2,
+        verify_chunk_size: int = VERIFY_CHUNK_SIZE,
     ) -> None:
         """Create the coordinator.
 
@@ -119,6 +121,7 @@ class JoinCoordinator:
             partial_state: ask residents for partial-state joins (off by
                 default: see the module docstring).
             verify_workers: chunks verified at once (the CPU count).
+            verify_chunk_size: PDUs per thread-pool job.
         """
         self._store = store
         self._engine = engine
@@ -128,7 +131,9 @@ class JoinCoordinator:
         self._signing_key = signing_key
         self._versions = tuple(supported_room_versions)
         self._partial_state = partial_state
-        self._verifier = EventVerifier(keyring=keyring, runner=runner, workers=verify_workers)
+        self._verifier = EventVerifier(
+            keyring=keyring, runner=runner, workers=verify_workers, chunk_size=verify_chunk_size
+        )
         self._joining: dict[str, list[Deferred[None]]] = {}
         self.resync = PartialStateResync(
             store=store,

@@ -42,6 +42,7 @@ class JoinTestMixin(DatabaseMixin):
         servers: tuple[str, ...] = (RESIDENT,),
         *,
         partial_state: bool = False,
+        chunk_size: int = 1000,
     ) -> None:
         self.room = room
         self.residents = FakeResidents(room, servers)
@@ -60,6 +61,7 @@ class JoinTestMixin(DatabaseMixin):
             signing_key=our_key(),
             runner=PoolRunner(reactor=reactor, threadpool=reactor.getThreadPool()),
             partial_state=partial_state,
+            verify_chunk_size=chunk_size,
         )
 
     @property
@@ -424,6 +426,32 @@ class ConcurrencyAndLocalTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
         result = await second
         self.assertEqual(result.server, RESIDENT)
         self.assertEqual(len(attempts), 2)
+
+
+class ResponsivenessTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
+    async def test_reactor_keeps_turning_while_a_join_is_verified(self) -> None:
+        await self.setup_join(build_room("11", members=40), chunk_size=5)
+        turns = 0
+        running = True
+
+        def tick() -> None:
+            nonlocal turns
+            turns += 1
+            if running:
+                reactor.callLater(0, tick)
+
+        seen: list[tuple[str, int, int]] = []
+
+        def progress(p: JoinProgress) -> None:
+            seen.append((p.stage, p.done, turns))
+
+        reactor.callLater(0, tick)
+        await self.coordinator.join(self.room_id, user("bob"), progress=progress)
+        running = False
+        verify = [(done, t) for stage, done, t in seen if stage == "verify"]
+        # Many chunks, reported one by one, with the reactor turning between them.
+        self.assertGreater(len(verify), 8)
+        self.assertGreater(verify[-1][1], verify[0][1])
 
 
 class LeaveTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
