@@ -68,6 +68,7 @@ from matrixfed.events.model import Event
 from matrixfed.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
 from matrixfed.events.signing import AUTHORISING_USER_KEY, sign_event
 from matrixfed.federation.server.endpoint import ApiRequest, Endpoint, JsonResponse
+from matrixfed.federation.server.queries import serve_events
 from matrixfed.rooms.acl import check_server_acl
 from matrixfed.rooms.engine import RoomEngine
 
@@ -461,10 +462,12 @@ class MembershipHandshakes:
             chain_ids.difference_update(state_ids)
         events = await self._store.get_events([*state_ids, *chain_ids])
         chain = sorted((events[e] for e in chain_ids if e in events), key=_topo)
+        state = [events[e] for e in state_ids if e in events]
         body: dict[str, Any] = {
             "origin": self._server_name,
-            "state": [events[e].pdu for e in state_ids if e in events],
-            "auth_chain": [e.pdu for e in chain],
+            # Redacted where an accepted redaction applies, as /state serves them.
+            "state": await serve_events(self._store, state),
+            "auth_chain": await serve_events(self._store, chain),
             "event": event.pdu,
             "members_omitted": omit_members,
         }

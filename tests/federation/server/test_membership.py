@@ -221,6 +221,19 @@ class SendJoinTests(MembershipCase):
             self.assertEqual(await self.store.get_membership(room_id, BOB), ("join", join_id))
             self.assertEqual(body["event"]["signatures"][REMOTE], pdu["signatures"][REMOTE])
 
+    async def test_redacted_state_is_served_redacted(self) -> None:
+        await self.setup()
+        room_id = await self.room("10")
+        topic = await self.engine.send_event(
+            room_id, type="m.room.topic", sender=ALICE, state_key="", content={"topic": "old"}
+        )
+        await self.engine.send_event(
+            room_id, type="m.room.redaction", sender=ALICE, content={}, redacts=topic.event_id
+        )
+        body = await self.join(room_id, BOB)
+        served = [p for p in body["state"] if p["type"] == "m.room.topic"]
+        self.assertEqual(served[0]["content"], {})
+
     async def test_v1_answers_a_pair(self) -> None:
         await self.setup()
         room_id = await self.room("6")
