@@ -241,24 +241,29 @@ class MembershipHandshakes:
     async def _meets_allow_conditions(self, content: Mapping[str, Any], user_id: str) -> bool:
         """Whether the user is joined to an allowed room.
 
+        spec: with no condition of a known type and shape, the user fails them
+        all (False, hence 403).
+
         Raises:
             MatrixError: 400 M_UNABLE_TO_AUTHORISE_JOIN when we know none of
                 the allowed rooms (so cannot decide).
         """
         known_any = False
+        valid_any = False
         for cond in _as_list(content.get("allow")):
             if not isinstance(cond, dict) or cond.get("type") != "m.room_membership":
                 continue
             other = cond.get("room_id")
             if not isinstance(other, str):
                 continue
+            valid_any = True
             if not await self._store.is_host_joined(other, self._server_name):
                 continue
             known_any = True
             membership = await self._store.get_membership(other, user_id)
             if membership is not None and membership[0] == "join":
                 return True
-        if not known_any:
+        if valid_any and not known_any:
             raise MatrixError(
                 400,
                 "M_UNABLE_TO_AUTHORISE_JOIN",

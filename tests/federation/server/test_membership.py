@@ -430,6 +430,11 @@ class RestrictedJoinTests(MembershipCase):
         room_id = await self.restricted_room(["!elsewhere:z.example"])
         await self.assert_error(self.make(room_id), 400, "M_UNABLE_TO_AUTHORISE_JOIN")
 
+    async def test_no_usable_condition_fails_them_all(self) -> None:
+        await self.setup()
+        room_id = await self.restricted_room([])
+        await self.assert_error(self.make(room_id), 403, "M_FORBIDDEN")
+
 
 class LeaveAndKnockTests(MembershipCase):
     async def test_leave_v2_and_v1(self) -> None:
