@@ -173,6 +173,12 @@ class MakeJoinTests(MembershipCase):
         room_id = await self.room("10", preset="private_chat")
         await self.assert_error(self.make(room_id), 403, "M_FORBIDDEN")
 
+    async def test_partial_state_rooms_are_not_served(self) -> None:
+        await self.setup()
+        room_id = await self.room("10")
+        await self.store.set_room_partial_state(room_id, True)
+        await self.assert_error(self.make(room_id), 404, "M_NOT_FOUND")
+
     async def test_acl_denied_server(self) -> None:
         await self.setup()
         room_id = await self.room(
@@ -615,12 +621,6 @@ class InviteTests(MembershipCase):
                 await self.assert_error(self.hs.on_invite_v2(req), 403, "M_FORBIDDEN")
         invites = await self.store.get_invites_for_user(DAVE)
         self.assertEqual([i.room_id for i in invites], [lenient])
-
-    async def test_partial_state_rooms_are_not_served(self) -> None:
-        await self.setup()
-        room_id = await self.room("10")
-        await self.store.set_room_partial_state(room_id, True)
-        await self.assert_error(self.make(room_id), 404, "M_NOT_FOUND")
 
     async def test_bad_invites(self) -> None:
         await self.setup()
