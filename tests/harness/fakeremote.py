@@ -46,6 +46,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.ssl import PrivateCertificate
+from twisted.logger import Logger
 from twisted.trial import unittest
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
@@ -65,6 +66,7 @@ from tests.auth.roombuilder import RoomBuilder, signing_key_for
 from tests.federation.fakes import FakeDNS, TestCA
 
 reactor: Any = _reactor
+log = Logger()
 
 __all__ = [
     "CloseConnection",
@@ -398,8 +400,14 @@ class FakeRemote:
         elif handler is None:
             behaviour = Reply(404, {"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"})
         elif callable(handler):
-            result = handler(received)
-            behaviour = await result if inspect.isawaitable(result) else result
+            try:
+                result = handler(received)
+                behaviour = await result if inspect.isawaitable(result) else result
+            except Exception as e:
+                # A broken test handler: answer 500 at once (no client timeout) and
+                # log the traceback, which makes trial fail the test.
+                log.failure("fake remote handler for {path} failed", path=received.path)
+                behaviour = Reply(500, {"errcode": "M_UNKNOWN", "error": repr(e)})
         else:
             behaviour = handler
         self._answer(request, behaviour)

@@ -84,3 +84,17 @@ class FakeRemoteTests(unittest.TestCase):
             key = signing_key_for("127.0.0.1:1234")
             vk = ServerVerifyKey("127.0.0.1:1234", "ed25519:k1", key.verify_key, 2**62, False)
             verify_event_signatures(event, {"127.0.0.1:1234": {"ed25519:k1": vk}})
+
+    async def test_a_broken_handler_answers_500_and_is_reported(self) -> None:
+        net = TestNetwork(self)
+        server = await net.start_server()
+        remote = await net.start_fake_remote()
+
+        def broken(request: object) -> Reply:
+            raise ZeroDivisionError("oops")
+
+        remote.on("GET", "/broken", broken)
+        with self.assertRaises(RemoteError) as cm:
+            await server.service.federation_client.get_json(remote.server_name, "/broken")
+        self.assertEqual(cm.exception.code, 500)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
