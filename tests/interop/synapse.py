@@ -77,6 +77,11 @@ STOP_TIMEOUT_S = 15.0
 LOG_TAIL_LINES = 40
 
 
+# synapse.__version__ carries git details of the checkout around the venv; the
+# package metadata is the installed version.
+_PROBE = "import importlib.metadata as m, synapse; print(m.version('matrix-synapse'))"
+
+
 def _find_synapse_python() -> tuple[str | None, str]:
     env = os.environ.get("MATRIXFED_SYNAPSE_PYTHON")
     candidates = [env] if env else [DEV_SYNAPSE_PYTHON]
@@ -84,7 +89,7 @@ def _find_synapse_python() -> tuple[str | None, str]:
         if not python or not os.path.exists(python):
             continue
         probe = subprocess.run(
-            [python, "-c", "import synapse; print(synapse.__version__)"],
+            [python, "-c", _PROBE],
             capture_output=True,
             text=True,
             timeout=60,
@@ -111,6 +116,11 @@ SYNAPSE_FOUND_VERSION = _probe if SYNAPSE_PYTHON else None
 SKIP_REASON: str | None = None if SYNAPSE_PYTHON else _probe
 if SKIP_REASON:
     print(f"interop: skipped: {SKIP_REASON}", file=sys.stderr)
+elif SYNAPSE_FOUND_VERSION != SYNAPSE_VERSION:
+    print(
+        f"interop: running against Synapse {SYNAPSE_FOUND_VERSION}, not the pinned {SYNAPSE_VERSION}",
+        file=sys.stderr,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -631,6 +641,9 @@ class InteropTestCase(unittest.TestCase):
     """Base for interop tests: skipped without Synapse; failures name the log files."""
 
     skip = SKIP_REASON
+    # Trial's default is 120 s; a three-server scenario on a loaded 2-core box
+    # can take longer, and every wait inside has its own bound.
+    timeout = 600
     # Per-test servers are added here and stopped in cleanup; shared ones are not.
     shared: SharedServers | None = SHARED
 
