@@ -283,17 +283,22 @@ def _next_transaction_txn(
     allow_empty: bool,
     finished_txn_id: str | None,
 ) -> OutboundTransaction | None:
-    if finished_txn_id is not None:
-        _finish_transaction_txn(txn, destination, finished_txn_id)
+    # Four statements on the hot path (read the slot, delete what was delivered,
+    # read the queue, write the slot): this runs once per transaction sent.
     txn.execute(
         "SELECT txn_epoch, last_txn_seq, inflight_txn_id, inflight_pdus"
         " FROM federation_destinations WHERE destination = ?",
         (destination,),
     )
     row = txn.fetchone()
-    if row is not None and row[2] is not None:
+    inflight = row[2] if row is not None else None
+    if inflight is not None and inflight == finished_txn_id:
+        _delete_delivered(txn, destination, row[3] if row is not None else "[]")
+        inflight = None
+    if inflight is not None:
+        assert row is not None
         pdus = tuple((int(so), str(eid)) for so, eid in json.loads(row[3]))
-        return OutboundTransaction(txn_id=str(row[2]), pdus=pdus, resumed=True)
+        return OutboundTransaction(txn_id=str(inflight), pdus=pdus, resumed=True)
     txn.execute(
         "SELECT stream_ordering, event_id FROM federation_outbox WHERE destination = ?"
         " ORDER BY stream_ordering LIMIT ?",
@@ -301,6 +306,8 @@ def _next_transaction_txn(
     )
     pdus = tuple((int(so), str(eid)) for so, eid in txn.fetchall())
     if not pdus and not allow_empty:
+        if row is not None and row[2] is not None:
+            _clear_inflight(txn, destination)
         return None
     if row is None:
         epoch, seq = now_ms, 1
@@ -329,7 +336,12 @@ def _finish_transaction_txn(txn: Transaction, destination: str, txn_id: str) -> 
     row = txn.fetchone()
     if row is None:
         return
-    orderings = [int(so) for so, _ in json.loads(row[0])]
+    _delete_delivered(txn, destination, row[0])
+    _clear_inflight(txn, destination)
+
+
+def _delete_delivered(txn: Transaction, destination: str, inflight_pdus: str) -> None:
+    orderings = [int(so) for so, _ in json.loads(inflight_pdus)]
     for i in range(0, len(orderings), _IN_CHUNK):
         chunk = orderings[i : i + _IN_CHUNK]
         txn.execute(
@@ -337,6 +349,9 @@ def _finish_transaction_txn(txn: Transaction, destination: str, txn_id: str) -> 
             f" AND stream_ordering IN ({','.join('?' * len(chunk))})",
             (destination, *chunk),
         )
+
+
+def _clear_inflight(txn: Transaction, destination: str) -> None:
     txn.execute(
         "UPDATE federation_destinations SET inflight_txn_id = NULL, inflight_pdus = NULL"
         " WHERE destination = ?",
