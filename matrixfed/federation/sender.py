@@ -11,8 +11,10 @@ event, and only then tries to send. A crash between the event's commit and
 that write is covered at start-up: every accepted local event (sent by one of
 our users) after the recovery position that has no marker is queued again,
 for the servers joined to its room just before or after it, and the position
-moves to the end of the stream. Outbox rows are deleted only when the transaction carrying
-them has been answered, so nothing queued is lost if the process dies.
+moves to the end of the stream. Outbox rows are deleted only when the
+transaction carrying them has been answered, so nothing queued is lost if the
+process dies. The store coalesces the queue writes and per-destination
+reservations made at the same time into one database transaction.
 
 Transactions. One transaction in flight per destination, at most
 ``MAX_PDUS_PER_TRANSACTION`` PDUs (oldest first) and ``MAX_EDUS_PER_TRANSACTION``
@@ -29,8 +31,9 @@ transaction and retries it after an exponential backoff
 keep accumulating in the outbox meanwhile. A non-transient 4xx for the whole
 transaction means the destination will never take it: it is dropped (logged)
 and the queue moves on; except 401/408/429 (``RETRIED_CLIENT_ERRORS``), which
-usually pass and are retried like transient failures. A 2xx ends the backoff; per-PDU errors in the answer
-are the receiver's verdict on those events and are logged, not retried.
+usually pass and are retried like transient failures. A 2xx ends the backoff;
+per-PDU errors in the answer are the receiver's verdict on those events and
+are logged, not retried.
 ``wake(destination)`` ends a backoff early (e.g. the destination contacted us).
 
 Weak spots: start-up recovery only knows local senders, so an event we append
@@ -39,6 +42,10 @@ forwarded to the other servers (they catch up via get_missing_events when the
 next event arrives). Events the engine appends with no other server in the
 room never reach ``send_pdu``, so each start-up looks at them again (finding
 no destination); the work is bounded by the events since the last start.
+Cost grows with the number of servers: one outbox row per destination per
+event and a few statements per destination per transaction (see
+bench/bench_sender.py); a destination that stays down keeps every event
+queued (no "catch-up" that would send only each room's latest event).
 """
 
 from __future__ import annotations
