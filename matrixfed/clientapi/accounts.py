@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import attrs
+from twisted.logger import Logger
 
 from matrixfed.clientapi.common import generate_device_id, generate_token
 from matrixfed.clientapi.passwords import check_password, hash_password
@@ -26,6 +27,8 @@ from matrixfed.events.identifiers import MAX_ID_BYTES, utf8_len
 from matrixfed.storage.users import UserStore, hash_token
 
 __all__ = ["Accounts", "LoginResult", "ProfileWriter", "RunBlocking", "run_inline"]
+
+log = Logger()
 
 T = TypeVar("T")
 # Runs a CPU-bound function off the reactor thread and returns its result.
@@ -134,6 +137,7 @@ class Accounts:
             hashed = await self._blocking(lambda: hash_password(password))
         if not await self._users.create_user(user_id, hashed, admin=admin):
             raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+        log.info("registered {user_id} (admin: {admin})", user_id=user_id, admin=admin)
         if self._profiles is not None:
             # The localpart as display name, as Synapse does; the row also
             # makes the user known to federation profile queries and invites.
@@ -166,5 +170,7 @@ class Accounts:
             raise denied
         stored = user.password_hash
         if not await self._blocking(lambda: check_password(password, stored)):
+            log.info("failed password login for {user_id}", user_id=user_id)
             raise denied
+        log.info("{user_id} logged in", user_id=user_id)
         return user_id
