@@ -248,7 +248,7 @@ class JoinCoordinator:
         candidates: Sequence[str],
         progress: ProgressFn | None,
     ) -> JoinResult:
-        report = progress or _ignore
+        report = _guarded(progress) if progress is not None else _ignore
         failures: list[AttemptFailure] = []
         started = self._clock.seconds()
         for server in candidates:
@@ -484,3 +484,15 @@ class JoinCoordinator:
 
 def _ignore(progress: JoinProgress) -> None:
     pass
+
+
+def _guarded(progress: ProgressFn) -> ProgressFn:
+    """``progress`` whose failures are logged, never allowed to break the join."""
+
+    def report(p: JoinProgress) -> None:
+        try:
+            progress(p)
+        except Exception:
+            log.failure("join progress callback failed on {stage}", stage=p.stage)
+
+    return report

@@ -454,6 +454,18 @@ class ResponsivenessTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
         self.assertGreater(verify[-1][1], verify[0][1])
 
 
+class ProgressTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
+    async def test_a_failing_progress_callback_does_not_break_the_join(self) -> None:
+        await self.setup_join(build_room("11", members=3))
+
+        def broken(p: JoinProgress) -> None:
+            raise RuntimeError("the terminal went away")
+
+        result = await self.coordinator.join(self.room_id, user("bob"), progress=broken)
+        self.assertEqual(result.server, RESIDENT)
+        self.assertTrue(self.flushLoggedErrors(RuntimeError))
+
+
 class LeaveTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
     async def test_reject_remote_invite_via_inviting_server(self) -> None:
         room = build_room("11", members=2)
