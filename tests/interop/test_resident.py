@@ -4,6 +4,8 @@
   ``knock`` (``make_knock``/``send_knock`` to matrixfed); matrixfed shows the
   knock, Synapse shows the room among the user's knocked rooms with its
   name, and the owner's invite then lets the user join.
+- Rejected invite: a Synapse user invited to a matrixfed room no Synapse
+  user is in rejects it (``make_leave``/``send_leave`` to matrixfed).
 - Restricted: a Synapse user who is in the allowed room joins a matrixfed
   room restricted to it (matrixfed names its own user in
   ``join_authorised_via_users_server`` and countersigns); a Synapse user who
@@ -86,3 +88,13 @@ class ResidentTests(InteropTestCase):
             await outsider.join(restricted, via=[mf.server_name])
         self.assertEqual(caught.exception.code, 403)
         self.assertEqual(await owner.membership(restricted, outsider.user_id), None)
+
+    async def check_synapse_rejects_an_invite_with_make_leave(self, room_version: str) -> None:
+        synapse, mf = await shared_pair()
+        owner = await mf.register()
+        room_id = await owner.create_room(room_version=room_version, preset="private_chat")
+        invitee = await synapse.register()
+        await owner.invite(room_id, invitee.user_id)
+        await wait_invited(invitee, room_id)
+        await invitee.call("POST", f"/_matrix/client/v3/rooms/{q(room_id)}/leave", {})
+        await wait_membership(owner, room_id, invitee.user_id, "leave")
