@@ -263,6 +263,30 @@ class _TamperedState(JoinTestMixin):
         self.assertIn("m.room.create", caught.exception.message)
         await self.assert_nothing_stored()
 
+    async def test_unverifiable_resident_fails_and_stores_nothing(self) -> None:
+        """No keys for the resident (unreachable, no notary): every event is dropped."""
+        await self.setup_join(build_room("10", members=2))
+        self.keyring.unknown.add(RESIDENT)
+        with self.assertRaises(JoinFailed) as caught:
+            await self.coordinator.join(self.room_id, user("bob"))
+        self.assertIn("m.room.create", caught.exception.message)
+        await self.assert_nothing_stored()
+
+    async def test_events_of_another_room_are_dropped(self) -> None:
+        room = build_room("10", members=2)
+        stray = build_room("10", members=1)
+        await self.setup_join(room)
+
+        def tamper(body: dict[str, Any]) -> None:
+            body["state"].extend(e.pdu for e in stray.state.values() if e.type == "m.room.member")
+
+        self.residents.tamper[RESIDENT] = tamper
+        await self.coordinator.join(self.room_id, user("bob"))
+        strays = [e.event_id for e in stray.state.values() if e.type == "m.room.member"]
+        self.assertEqual(await self.store.have_events(strays), set())
+        current = await self.store.get_current_state_ids(self.room_id)
+        self.assertEqual(set(current.values()) & set(strays), set())
+
     async def test_returned_join_event_must_be_ours(self) -> None:
         await self.setup_join(build_room("10", members=2))
 
