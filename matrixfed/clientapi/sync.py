@@ -108,7 +108,12 @@ class SyncServlets:
         store = self._ctx.store
         user_id = requester.user_id
 
-        if since is not None and timeout_ms > 0 and not full_state:
+        if (
+            since is not None
+            and timeout_ms > 0
+            and not full_state
+            and not await self._new_received_invites(user_id, since_ms)
+        ):
             rooms = await store.get_rooms_for_user(user_id, ("join", "invite"))
             await self._ctx.notifier.wait_for_events(
                 list(rooms), since, timeout_ms, user_id=user_id
@@ -121,6 +126,12 @@ class SyncServlets:
         body = await self._build(requester, since, now, limit, full_state, since_ms)
         body["next_batch"] = stream_token(now, now_ms)
         return 200, body
+
+    async def _new_received_invites(self, user_id: str, since_ms: int) -> bool:
+        """Whether an invite came over federation since the token was made
+        (checked before a long poll: such invites are in no stream)."""
+        invites = await self._ctx.store.get_invites_for_user(user_id)
+        return any(i.received_ts >= since_ms for i in invites)
 
     async def _build(
         self,

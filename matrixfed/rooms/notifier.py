@@ -101,6 +101,12 @@ class Notifier:
         for waiter in [w for w in self._waiters if w.wants_user(user_id, ordering)]:
             self._wake(waiter)
 
+    def wake_user(self, user_id: str) -> None:
+        """Wake ``user_id``'s waiters whatever their position: news outside the
+        stream, e.g. an invite received over federation for a room we are not in."""
+        for waiter in [w for w in self._waiters if w.user_id == user_id]:
+            self._wake(waiter)
+
     def _wake(self, waiter: _Waiter) -> None:
         self._waiters.discard(waiter)
         if not waiter.deferred.called:

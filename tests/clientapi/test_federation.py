@@ -48,7 +48,8 @@ async def register(server: ServerHandle, localpart: str) -> str:
 
 
 class TwoServerTests(unittest.TestCase):
-    timeout = 120
+    # Under the 60 s long poll above: a missed wake-up fails instead of passing late.
+    timeout = 50
 
     async def _setup(self) -> tuple[ServerHandle, ServerHandle, str, str]:
         net = TestNetwork(self)
@@ -83,11 +84,15 @@ class TwoServerTests(unittest.TestCase):
         code, created = await call(a, "POST", "/createRoom", {"name": "Private"}, alice)
         room_id = created["room_id"]
         _, first = await call(b, "GET", "/sync", token=bob)
+        # A long poll, woken by the invite arriving over federation.
+        poll: Deferred[tuple[int, Any]] = Deferred.fromCoroutine(
+            call(b, "GET", f"/sync?since={first['next_batch']}&timeout=60000", token=bob)
+        )
         code, body = await call(
             a, "POST", f"/rooms/{room_id}/invite", {"user_id": b.user("bob")}, alice
         )
         self.assertEqual(code, 200, body)
-        _, sync = await call(b, "GET", f"/sync?since={first['next_batch']}", token=bob)
+        _, sync = await poll
         invite_state = sync["rooms"]["invite"][room_id]["invite_state"]["events"]
         self.assertIn("Private", [e["content"].get("name") for e in invite_state])
         code, body = await call(b, "POST", f"/rooms/{room_id}/join", {}, bob)

@@ -565,6 +565,8 @@ class MembershipHandshakes:
             event=signed,
             stripped_state=stripped,
         )
+        # The invitee's /sync long poll lists received invites (clientapi.sync).
+        self._engine.notifier.wake_user(event.state_key)
         log.info(
             "{sender} invited {user} to {room_id}",
             sender=event.sender,
