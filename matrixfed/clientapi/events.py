@@ -10,7 +10,7 @@
   ``s{stream}`` (the ``/sync`` ``next_batch``/``prev_batch`` form); both are
   accepted as ``from`` and ``to``. Walking backwards past the oldest local event
   of a room that has backward extremities asks the backfill hook for more.
-- ``GET /rooms/{roomId}/members``.
+- ``GET /rooms/{roomId}/members`` and ``/joined_members``.
 
 Reads need the requester to be joined to the room (403 ``M_FORBIDDEN``
 otherwise); history visibility beyond that is not applied.
@@ -114,6 +114,7 @@ class EventServlets:
         eps += client_endpoints("GET", "/rooms/{roomId}/state", req(self._get_state))
         eps += client_endpoints("GET", "/rooms/{roomId}/messages", req(self._messages))
         eps += client_endpoints("GET", "/rooms/{roomId}/members", req(self._members))
+        eps += client_endpoints("GET", "/rooms/{roomId}/joined_members", req(self._joined_members))
         eps += client_endpoints("GET", "/rooms/{roomId}/event/{eventId}", req(self._get_event))
         return eps
 
@@ -216,6 +217,21 @@ class EventServlets:
                 continue
             chunk.append(format_client_event(event))
         return 200, {"chunk": chunk}
+
+    async def _joined_members(self, request: ApiRequest, requester: Requester) -> JsonResponse:
+        room_id = request.path_params["roomId"]
+        await self._require_joined(room_id, requester.user_id)
+        joined: dict[str, dict[str, Any]] = {}
+        for event in await self._current_state_events(room_id):
+            if event.type == "m.room.member" and event.membership == "join":
+                assert event.state_key is not None
+                profile = {
+                    out: event.content[key]
+                    for key, out in (("displayname", "display_name"), ("avatar_url", "avatar_url"))
+                    if isinstance(event.content.get(key), str)
+                }
+                joined[event.state_key] = profile
+        return 200, {"joined": joined}
 
     async def _messages(self, request: ApiRequest, requester: Requester) -> JsonResponse:
         room_id = request.path_params["roomId"]

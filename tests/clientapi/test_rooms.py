@@ -93,6 +93,11 @@ class MembershipTests(ClientApiCase, unittest.TestCase):
         code, members = await api.call("GET", f"/rooms/{room_id}/members", token=alice)
         joined = {e["state_key"] for e in members["chunk"] if e["content"]["membership"] == "join"}
         self.assertEqual(joined, {"@alice:a.example", bob_id})
+        code, jm = await api.call("GET", f"/rooms/{room_id}/joined_members", token=bob)
+        self.assertEqual(jm, {"joined": {"@alice:a.example": {}, bob_id: {}}})
+        await api.call("PUT", f"/profile/{bob_id}/displayname", {"displayname": "Bob"}, token=bob)
+        code, jm = await api.call("GET", f"/rooms/{room_id}/joined_members", token=bob)
+        self.assertEqual(jm["joined"][bob_id], {"display_name": "Bob"})
         code, _ = await api.call("POST", f"/rooms/{room_id}/leave", {}, token=bob)
         self.assertEqual(code, 200)
         code, body = await api.call("GET", "/joined_rooms", token=bob)
