@@ -1,0 +1,48 @@
+"""A partial-state join of a real Synapse room (skipped where Synapse is not installed).
+
+Synapse answers ``send_join?omit_members=true`` with partial state; matrixfed,
+run with ``--join-partial-state``, is joined at once, then fetches the members
+in the background. Observed through the client API: in the end matrixfed
+reports exactly Synapse's current state, members included.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tests.interop.client import wait_membership, wait_same_state
+from tests.interop.synapse import InteropTestCase, MatrixfedServer, with_logs
+
+
+class PartialJoinMatrixfed(MatrixfedServer):
+    """matrixfed that asks residents for partial-state joins."""
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--join-partial-state"]
+
+
+class PartialStateJoinOfSynapseRoomTests(InteropTestCase):
+    @with_logs
+    async def test_partial_state_join_reaches_synapses_full_state(self) -> None:
+        synapse = await self.start_synapse()
+        mf = PartialJoinMatrixfed.create(
+            os.path.abspath(self.mktemp()), self.ca, trusted_key_servers=[synapse.server_name]
+        )
+        self.servers.append(mf)
+        await mf.start()
+        owner = await synapse.register()
+        room_id = await owner.create_room(room_version="10", preset="public_chat", name="big")
+        members = [await synapse.register() for _ in range(6)]
+        for member in members:
+            await member.join(room_id)
+        guest = await mf.register()
+        self.assertEqual(await guest.join(room_id, via=[synapse.server_name]), room_id)
+        await wait_membership(owner, room_id, guest.user_id, "join")
+        state = await wait_same_state(room_id, [owner, guest])
+        for user in (owner, guest, *members):
+            self.assertEqual(state[("m.room.member", user.user_id)][2]["membership"], "join")
+        # It was a partial-state join, completed by the resync.
+        with open(mf.log_files[0], encoding="utf-8") as f:
+            log = f.read()
+        self.assertIn("(members omitted)", log)
+        self.assertIn(f"resync {room_id}: full state", log)
