@@ -113,7 +113,11 @@ class LoginServlets:
         return 200, {}
 
     async def _whoami(self, request: ApiRequest, requester: Requester) -> JsonResponse:
-        return 200, {"user_id": requester.user_id, "device_id": requester.device_id}
+        return 200, {
+            "user_id": requester.user_id,
+            "device_id": requester.device_id,
+            "is_guest": False,
+        }
 
     async def _available(self, request: ApiRequest) -> JsonResponse:
         if not self._enable_registration:

@@ -42,7 +42,10 @@ class VersionsAndLoginTests(ClientApiCase, unittest.TestCase):
         self.assertEqual(body["user_id"], "@alice:a.example")
         self.assertEqual(body["device_id"], "PHONE")
         code, who = await api.call("GET", "/account/whoami", token=body["access_token"])
-        self.assertEqual((code, who), (200, {"user_id": "@alice:a.example", "device_id": "PHONE"}))
+        self.assertEqual(
+            (code, who),
+            (200, {"user_id": "@alice:a.example", "device_id": "PHONE", "is_guest": False}),
+        )
 
         code, body = await api.call(
             "POST",
