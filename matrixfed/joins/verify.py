@@ -30,7 +30,7 @@ import attrs
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
-from matrixfed.auth.rules import check_auth, check_auth_events_refs
+from matrixfed.auth.rules import AUTHORISING_USER, check_auth, check_auth_events_refs
 from matrixfed.auth.selection import CREATE_KEY
 from matrixfed.errors import AuthError, EventSizeError, InvalidEventError, SignatureError
 from matrixfed.events.checks import check_pdus
@@ -425,6 +425,9 @@ def assemble_join(
     rejected = batch.rejected
 
     join = our_join
+    if response.event is None and rv.restricted_join_rule and AUTHORISING_USER in our_join.content:
+        # Without the resident's signature the other servers reject our join.
+        raise AttemptError("the resident did not return our restricted join countersigned")
     if response.event is not None:
         their = events.get(our_join.event_id)
         if not same_event_but_signatures(our_join.pdu, response.event):

@@ -551,6 +551,29 @@ class RestrictedJoinTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
         self.assertIn(RESIDENT, stored.signatures)
         self.assertIn(OURS, stored.signatures)
 
+    async def test_restricted_join_without_countersignature_fails(self) -> None:
+        room = build_room("10", members=2)
+        room.send(
+            "m.room.join_rules",
+            CREATOR,
+            {
+                "join_rule": "restricted",
+                "allow": [{"type": "m.room_membership", "room_id": "!x:y"}],
+            },
+            "",
+        )
+        await self.setup_join(room)
+        self.residents.join_content = {"join_authorised_via_users_server": CREATOR}
+
+        def tamper(body: dict[str, Any]) -> None:
+            del body["event"]
+
+        self.residents.tamper[RESIDENT] = tamper
+        with self.assertRaises(JoinFailed) as caught:
+            await self.coordinator.join(self.room_id, user("bob"))
+        self.assertIn("countersigned", caught.exception.message)
+        await self.assert_nothing_stored()
+
 
 class PartialStateTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
     async def test_big_resync_uses_state_request(self) -> None:
