@@ -1,4 +1,9 @@
-"""A partial-state join of a real Synapse room (skipped where Synapse is not installed).
+"""Joins of real Synapse rooms (skipped where Synapse is not installed).
+
+A restricted room: Synapse countersigns our join for a member of the allowed
+room, and both servers end with the same state.
+
+A partial-state join:
 
 Synapse answers ``send_join?omit_members=true`` with partial state; matrixfed,
 run with ``--join-partial-state``, is joined at once, then fetches the members
@@ -11,7 +16,7 @@ from __future__ import annotations
 import os
 
 from tests.interop.client import wait_membership, wait_same_state
-from tests.interop.synapse import InteropTestCase, MatrixfedServer, with_logs
+from tests.interop.synapse import InteropTestCase, MatrixfedServer, shared_pair, with_logs
 
 
 class PartialJoinMatrixfed(MatrixfedServer):
@@ -46,3 +51,35 @@ class PartialStateJoinOfSynapseRoomTests(InteropTestCase):
             log = f.read()
         self.assertIn("(members omitted)", log)
         self.assertIn(f"resync {room_id}: full state", log)
+
+
+class RestrictedJoinOfSynapseRoomTests(InteropTestCase):
+    @with_logs
+    async def test_join_countersigned_by_synapse(self) -> None:
+        """A matrixfed member of the allowed room joins Synapse's restricted room."""
+        synapse, mf = await shared_pair()
+        owner = await synapse.register()
+        allowed = await owner.create_room(room_version="10", preset="public_chat")
+        restricted = await owner.create_room(
+            room_version="10",
+            preset="private_chat",
+            initial_state=[
+                {
+                    "type": "m.room.join_rules",
+                    "state_key": "",
+                    "content": {
+                        "join_rule": "restricted",
+                        "allow": [{"type": "m.room_membership", "room_id": allowed}],
+                    },
+                }
+            ],
+        )
+        member = await mf.register()
+        await member.join(allowed, via=[synapse.server_name])
+        await wait_membership(owner, allowed, member.user_id, "join")
+        await member.join(restricted, via=[synapse.server_name])
+        await wait_membership(owner, restricted, member.user_id, "join")
+        state = await wait_same_state(restricted, [owner, member])
+        join = state[("m.room.member", member.user_id)]
+        self.assertEqual(join[2]["membership"], "join")
+        self.assertEqual(join[2]["join_authorised_via_users_server"], owner.user_id)
