@@ -178,6 +178,8 @@ class MatrixfedService(MultiService):
         # The outbound federation sender (set by make_service; started after the
         # database, stopped before it closes).
         self.sender: OutboundSender | None = None
+        # Inbound /send (``register_edu_handler`` for typing, receipts...).
+        self.transactions: TransactionHandler | None = None
         # Remote joins and leaves (set by make_service).
         self.join_coordinator: JoinCoordinator | None = None
         self.joiner: JoinCoordinator | None = None
@@ -423,7 +425,8 @@ def make_service(config: Config, *, reactor: Any = None) -> MatrixfedService:
         federation_client=client,
         notifier=notifier,
     )
-    federation_resource.add_endpoints(TransactionHandler(engine=engine, clock=reactor).endpoints())
+    transactions = TransactionHandler(engine=engine, clock=reactor)
+    federation_resource.add_endpoints(transactions.endpoints())
     federation_resource.add_endpoints(
         MembershipHandshakes(engine=engine).endpoints()
         + ResidentQueries(store=store, server_name=config.server_name, clock=reactor).endpoints()
@@ -454,6 +457,7 @@ def make_service(config: Config, *, reactor: Any = None) -> MatrixfedService:
     )
     engine.set_sender(sender)
     svc.sender = sender
+    svc.transactions = transactions
     description = config.federation_listen_endpoint
     if description is not None:
         svc._add_listener(

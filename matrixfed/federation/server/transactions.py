@@ -14,7 +14,9 @@ What it guarantees:
   same transaction sent again (a retry after a lost answer, or after our
   restart) is answered from storage without processing anything. Identical
   requests arriving while the first is still running wait for its answer.
-- EDUs are accepted and dropped (logged at debug level).
+- EDUs go, in order and after the PDUs, to the handler registered for their
+  type (``register_edu_handler``); the others are accepted and dropped
+  (logged at debug level). A retried transaction does not replay its EDUs.
 
 How it fails: a malformed body is 400 ``M_BAD_JSON``; an unexpected error
 while processing one PDU becomes that PDU's error (logged with its
@@ -25,7 +27,7 @@ database failure while saving the answer is a 500 and the origin retries.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -51,9 +53,12 @@ from matrixfed.storage.database import Transaction
 if TYPE_CHECKING:
     from matrixfed.rooms.engine import RoomEngine
 
-__all__ = ["TransactionHandler"]
+__all__ = ["EduHandler", "TransactionHandler"]
 
 log = Logger()
+
+# ``async (origin, content) -> None`` for one EDU type.
+EduHandler = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 
 # spec: server-server "Transactions": at most 50 PDUs and 100 EDUs.
 MAX_PDUS_PER_TRANSACTION = 50
@@ -77,6 +82,7 @@ class TransactionHandler:
         self._db = engine.store.db
         self._clock = clock
         self._inflight: dict[tuple[str, str], list[Deferred[dict[str, Any]]]] = {}
+        self._edu_handlers: dict[str, EduHandler] = {}
 
     def endpoints(self) -> list[Endpoint]:
         """The endpoint to register on the federation resource."""
@@ -127,9 +133,7 @@ class TransactionHandler:
             )
             return stored
         results = await self.process_pdus(origin, pdus)
-        for edu in edus:
-            edu_type = edu.get("edu_type") if isinstance(edu, dict) else None
-            log.debug("dropped EDU {edu_type} from {origin}", edu_type=edu_type, origin=origin)
+        await self.process_edus(origin, edus)
         answer = {"pdus": results}
         now = int(self._clock.seconds() * 1000)
         await self._db.run_interaction(
@@ -144,6 +148,29 @@ class TransactionHandler:
             e=len(edus),
         )
         return answer
+
+    def register_edu_handler(self, edu_type: str, handler: EduHandler) -> None:
+        """Have ``handler(origin, content)`` called for each EDU of ``edu_type``.
+
+        The handler applies the room's server ACL itself for room-scoped EDUs
+        (typing, receipts). Its failures are logged and never fail the
+        transaction. One handler per type; registering again replaces it.
+        """
+        self._edu_handlers[edu_type] = handler
+
+    async def process_edus(self, origin: str, edus: list[Any]) -> None:
+        """Hand each EDU to its handler, in order; drop the others (debug log)."""
+        for edu in edus:
+            edu_type = edu.get("edu_type") if isinstance(edu, dict) else None
+            handler = self._edu_handlers.get(edu_type) if isinstance(edu_type, str) else None
+            if handler is None:
+                log.debug("dropped EDU {edu_type} from {origin}", edu_type=edu_type, origin=origin)
+                continue
+            content = edu.get("content")
+            try:
+                await handler(origin, content if isinstance(content, dict) else {})
+            except Exception:
+                log.failure("EDU {edu_type} from {origin}", edu_type=edu_type, origin=origin)
 
     async def process_pdus(self, origin: str, pdus: list[Any]) -> dict[str, dict[str, str]]:
         """Process PDUs (rooms concurrently, each room in order); result per event ID."""

@@ -182,6 +182,32 @@ class TransactionTestsMixin(DatabaseMixin):
         self.assertIn("ACL", answer["pdus"][msg.event_id]["error"])
         self.assertEqual(await store.have_events([msg.event_id]), set())
 
+    async def test_edus_to_registered_handlers(self) -> None:
+        engine, store, room_id, handler = await self._setup()
+        typing: list[Any] = []
+
+        async def on_typing(origin: str, content: Any) -> None:
+            typing.append((origin, content))
+
+        async def broken(origin: str, content: Any) -> None:
+            raise RuntimeError("handler bug")
+
+        handler.register_edu_handler("m.typing", on_typing)
+        handler.register_edu_handler("m.receipt", broken)
+        edus = [
+            {"edu_type": "m.receipt", "content": {}},
+            {"edu_type": "m.typing", "content": {"room_id": room_id, "typing": True}},
+            {"edu_type": "m.presence", "content": {}},
+            "not an object",
+        ]
+        answer = await self._send(handler, "e1", [], edus=edus)
+        self.assertEqual(answer, {"pdus": {}})
+        self.assertEqual(typing, [("b.example", {"room_id": room_id, "typing": True})])
+        self.flushLoggedErrors(RuntimeError)
+        # A retry is answered from storage: EDUs are not replayed.
+        await self._send(handler, "e1", [], edus=edus)
+        self.assertEqual(len(typing), 1)
+
     async def test_v1_event_ids_in_results(self) -> None:
         engine, store, room_id, handler = await self._setup("1")
         msg = await remote_event(
