@@ -39,6 +39,9 @@ STATE_FETCH_TIMEOUT_SECONDS = 600.0
 # Events verified per thread-pool job: big enough to amortise the hand-off,
 # small enough for steady progress reports and fair sharing of the reactor.
 VERIFY_CHUNK_SIZE = 1000
+# Smallest chunk when a batch is split for the workers: below this the
+# hand-off to the pool costs more than the parallelism brings.
+MIN_VERIFY_CHUNK = 100
 # Progress lines in the log: at most one per this many verified events.
 PROGRESS_LOG_EVERY = 5000
 # Missing state events fetched one by one with /event up to this many; more

@@ -39,6 +39,7 @@ from matrixfed.events.model import Event
 from matrixfed.events.room_versions import RoomVersion
 from matrixfed.events.signing import needed_keys_for_pdus
 from matrixfed.joins.api import (
+    MIN_VERIFY_CHUNK,
     PROGRESS_LOG_EVERY,
     VERIFY_CHUNK_SIZE,
     AttemptError,
@@ -204,7 +205,8 @@ class EventVerifier:
         report: ProgressFn,
     ) -> list[Any]:
         total = len(pdus)
-        size = self._chunk_size
+        # Enough chunks to keep every worker busy to the end, none tiny.
+        size = min(self._chunk_size, max(MIN_VERIFY_CHUNK, -(-total // (self._workers * 4))))
         starts = list(range(0, total, size))
         results: list[Any] = [None] * total
         next_index = 0
