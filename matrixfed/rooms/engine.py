@@ -72,6 +72,8 @@ log = Logger()
 
 # Seconds to wait for the invitee's server to countersign an invite.
 INVITE_TIMEOUT_SECONDS = 60.0
+# Timestamps tried for a v12 create event before giving up on a free room ID.
+MAX_ROOM_ID_ATTEMPTS = 100
 # Rooms whose joined servers are remembered (a few KB each for big rooms).
 JOINED_SERVERS_CACHE_ROOMS = 1000
 # client-server spec "Stripped state": what an invitee is shown of the room.
@@ -465,12 +467,21 @@ class RoomEngine:
         )
         setup = [p for p in plan if p.content.get("membership") != "invite"]
         invites = [p for p in plan if p.content.get("membership") == "invite"]
-        events = self._build_initial_events(rv, setup)
-        room_id = events[0].room_id
-        async with self.room_lock(room_id):
-            persisted = await self.store.persist_events(
-                room_id, [EventWithContext(e) for e in events]
-            )
+        # A v12 room ID is the hash of the create event, so two rooms created by
+        # one user in the same millisecond would get the same ID: build again
+        # with a later timestamp until the ID is free (checked under the lock).
+        for ts_bump in range(MAX_ROOM_ID_ATTEMPTS):
+            events = self._build_initial_events(rv, setup, ts_bump=ts_bump)
+            room_id = events[0].room_id
+            async with self.room_lock(room_id):
+                if await self.store.get_room(room_id) is not None:
+                    continue
+                persisted = await self.store.persist_events(
+                    room_id, [EventWithContext(e) for e in events]
+                )
+                break
+        else:
+            raise MatrixError(500, "M_UNKNOWN", "could not allocate a free room ID")
         if alias is not None:
             await self.store.create_alias(
                 alias, room_id, creator=creator, servers=[self.server_name]
@@ -505,7 +516,9 @@ class RoomEngine:
                 )
         return room_id
 
-    def _build_initial_events(self, rv: RoomVersion, plan: Sequence[PlannedEvent]) -> list[Event]:
+    def _build_initial_events(
+        self, rv: RoomVersion, plan: Sequence[PlannedEvent], *, ts_bump: int = 0
+    ) -> list[Event]:
         events: list[Event] = []
         state: dict[tuple[str, str], Event] = {}
         room_id: str | None = None if rv.room_id_from_create else new_room_id(self.server_name)
@@ -526,7 +539,7 @@ class RoomEngine:
                 prev_events=events[-1:],
                 auth_events=[by_id[a] for a in auth_ids],
                 origin=self.server_name,
-                origin_server_ts=self.now_ms(),
+                origin_server_ts=self.now_ms() + ts_bump,
             )
             event = self.sign(pdu, rv)
             if room_id is None:

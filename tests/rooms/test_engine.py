@@ -121,6 +121,20 @@ class EngineTestsMixin(DatabaseMixin):
             await engine.create_room(ALICE, alias="#lounge:a.example")
         self.assertEqual(cm.exception.errcode, "M_ROOM_IN_USE")
 
+    async def test_create_room_v12_same_millisecond_gets_distinct_rooms(self) -> None:
+        # A v12 room ID is the create event's hash: the same creator in the same
+        # millisecond (the test clock does not move) must still get two rooms.
+        engine, store = await self._engine()
+        first = await engine.create_room(ALICE, room_version="12")
+        second = await engine.create_room(ALICE, room_version="12")
+        self.assertNotEqual(first, second)
+        for room_id in (first, second):
+            state = await store.get_current_state_ids(room_id)
+            self.assertIn(("m.room.member", ALICE), state)
+            create = await store.get_event(state[("m.room.create", "")])
+            assert create is not None
+            self.assertEqual(create.room_id, room_id)
+
     async def test_create_room_unknown_version(self) -> None:
         engine, store = await self._engine()
         with self.assertRaises(MatrixError) as cm:
