@@ -104,6 +104,31 @@ class EventsStoreMixin(StoreBase):
             found.update(fetched)
         return found
 
+    async def get_event_json(self, event_ids: Iterable[str]) -> dict[str, tuple[int, str]]:
+        """event_id -> (depth, the stored PDU's JSON text), for the stored ones.
+
+        For answers that send many events as they are (send_join): no decoding,
+        no Event objects, no cache churn. The text is what ``get_events`` would
+        decode (ASCII-only compact JSON).
+        """
+        ids = list(dict.fromkeys(event_ids))
+
+        def txn_fn(txn: Transaction) -> dict[str, tuple[int, str]]:
+            out: dict[str, tuple[int, str]] = {}
+            for chunk in _chunks(ids):
+                txn.execute(
+                    "SELECT event_id, depth, json FROM events"
+                    f" WHERE event_id IN ({_in(len(chunk))})",
+                    chunk,
+                )
+                for eid, depth, js in txn.fetchall():
+                    out[eid] = (int(depth), js)
+            return out
+
+        if not ids:
+            return {}
+        return await self.db.run_interaction("get_event_json", txn_fn)
+
     async def have_events(self, event_ids: Iterable[str]) -> set[str]:
         """Which of ``event_ids`` are stored (outliers and rejected included)."""
         return set((await self.get_event_statuses(event_ids)).keys())

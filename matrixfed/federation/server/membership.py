@@ -68,7 +68,7 @@ from matrixfed.events.model import Event
 from matrixfed.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
 from matrixfed.events.signing import AUTHORISING_USER_KEY, sign_event
 from matrixfed.federation.server.endpoint import ApiRequest, Endpoint, JsonResponse
-from matrixfed.federation.server.queries import serve_events
+from matrixfed.federation.server.queries import serve_stored_events
 from matrixfed.rooms.acl import check_server_acl
 from matrixfed.rooms.engine import RoomEngine
 
@@ -465,14 +465,15 @@ class MembershipHandshakes:
         chain_ids.update(event.auth_event_ids)
         if omit_members:
             chain_ids.difference_update(state_ids)
-        events = await self._store.get_events([*state_ids, *chain_ids])
-        chain = sorted((events[e] for e in chain_ids if e in events), key=_topo)
-        state = [events[e] for e in state_ids if e in events]
+        # The stored JSON texts go out as they are: a 10,000-member room is
+        # never decoded into Events nor encoded again (rawjson.py).
+        stored = await self._store.get_event_json([*state_ids, *chain_ids])
+        chain = sorted((e for e in chain_ids if e in stored), key=lambda e: (stored[e][0], e))
         body: dict[str, Any] = {
             "origin": self._server_name,
             # Redacted where an accepted redaction applies, as /state serves them.
-            "state": await serve_events(self._store, state),
-            "auth_chain": await serve_events(self._store, chain),
+            "state": await serve_stored_events(self._store, stored, state_ids),
+            "auth_chain": await serve_stored_events(self._store, stored, chain),
             "event": event.pdu,
             "members_omitted": omit_members,
         }
@@ -651,7 +652,3 @@ class MembershipHandshakes:
                 n=legacy,
             )
         return out
-
-
-def _topo(event: Event) -> tuple[int, str]:
-    return (event.depth, event.event_id)

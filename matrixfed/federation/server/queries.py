@@ -34,7 +34,9 @@ from matrixfed.events.model import Event
 from matrixfed.events.redaction import redact
 from matrixfed.federation.server.auth import Clock
 from matrixfed.federation.server.endpoint import ApiRequest, Endpoint, JsonResponse
+from matrixfed.federation.server.rawjson import EncodedJsonArray
 from matrixfed.rooms.acl import check_server_acl
+from matrixfed.storage.persist import encode_pdu
 from matrixfed.storage.store import Store
 
 __all__ = ["ResidentQueries", "may_server_see_event", "serve_events", "visible_event_ids"]
@@ -182,6 +184,33 @@ async def serve_events(
         visible = await visible_event_ids(store, server_name, events)
         redacted.update(e.event_id for e in events if e.event_id not in visible)
     return [redact(e.pdu, e.room_version) if e.event_id in redacted else e.pdu for e in events]
+
+
+async def serve_stored_events(
+    store: Store, stored: Mapping[str, tuple[int, str]], event_ids: Iterable[str]
+) -> EncodedJsonArray:
+    """``serve_events`` for many events, straight from their stored JSON.
+
+    Args:
+        store: the store.
+        stored: ``store.get_event_json`` of (at least) ``event_ids``.
+        event_ids: the events to send, in order; those not in ``stored`` are
+            left out.
+
+    Returns:
+        The PDUs as pre-encoded JSON: the stored text, or the redacted form
+        where an accepted redaction applies. Only the redacted events (and
+        their redactions) are ever decoded.
+    """
+    ids = [e for e in event_ids if e in stored]
+    redacted: dict[str, str] = {}
+    targets = await store.get_redactions_for(ids)
+    if targets:
+        events = await store.get_events(targets)
+        for eid in await _redacted_ids(store, list(events.values())):
+            ev = events[eid]
+            redacted[eid] = encode_pdu(redact(ev.pdu, ev.room_version))
+    return EncodedJsonArray([redacted.get(e) or stored[e][1] for e in ids])
 
 
 class ResidentQueries:

@@ -36,6 +36,7 @@ from matrixfed import __version__
 from matrixfed.errors import MatrixError, unrecognized
 from matrixfed.federation.server.auth import RequestAuthenticator
 from matrixfed.federation.server.endpoint import ApiRequest, AuthMode, Endpoint, JsonResponse
+from matrixfed.federation.server.rawjson import encode_body
 
 __all__ = ["JsonResource", "LimitedRequest", "make_site"]
 
@@ -277,7 +278,8 @@ def _write_json(request: Any, code: int, body: Any, finished: list[bool]) -> Non
         # The client went away; nothing to answer.
         return
     try:
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        # Splices pre-encoded event arrays (big send_join answers) as they are.
+        data = encode_body(body)
     except (TypeError, ValueError):
         log.failure("Response body of {path} is not JSON-serialisable", path=request.path)
         code = 500

@@ -1,0 +1,42 @@
+"""Pre-encoded event arrays in answers (matrixfed/federation/server/rawjson.py)."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.trial import unittest
+
+from matrixfed.federation.server.rawjson import EncodedJsonArray, encode_body
+
+PDUS = [{"type": "m.room.create", "content": {"name": "caf\u00e9 \u2603"}}, {"depth": 2}]
+
+
+def texts() -> EncodedJsonArray:
+    return EncodedJsonArray([json.dumps(p, separators=(",", ":")) for p in PDUS])
+
+
+class EncodeBodyTests(unittest.TestCase):
+    def test_spliced_answer_decodes_to_the_same_value(self) -> None:
+        body = {"origin": "a.example", "state": texts(), "auth_chain": EncodedJsonArray([])}
+        decoded = json.loads(encode_body(body))
+        self.assertEqual(decoded, {"origin": "a.example", "state": PDUS, "auth_chain": []})
+
+    def test_v1_shape_inside_a_list(self) -> None:
+        decoded = json.loads(encode_body([200, {"state": texts(), "event": {"x": "\u00e9"}}]))
+        self.assertEqual(decoded, [200, {"state": PDUS, "event": {"x": "\u00e9"}}])
+
+    def test_plain_bodies_are_compact_utf8(self) -> None:
+        self.assertEqual(encode_body({"a": ["\u00e9", 1]}), '{"a":["\u00e9",1]}'.encode())
+
+    def test_not_json_raises(self) -> None:
+        self.assertRaises(TypeError, encode_body, {"a": object()})
+        self.assertRaises(TypeError, encode_body, {"state": texts(), "a": object()})
+
+    def test_in_process_readers_see_the_decoded_items(self) -> None:
+        array = texts()
+        self.assertEqual(len(array), 2)
+        self.assertEqual(list(array), PDUS)
+        self.assertEqual(array[1], {"depth": 2})
+        self.assertEqual(array[-1:], [{"depth": 2}])
+        self.assertEqual(array, PDUS)
+        self.assertNotEqual(array, PDUS[:1])
