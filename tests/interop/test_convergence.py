@@ -36,23 +36,29 @@ async def _run(call: Awaitable[Any]) -> Any:
 
 @for_room_versions(ROOM_VERSIONS)
 class ConvergenceTests(InteropTestCase):
-    async def check_three_servers_converge(self, room_version: str) -> None:
-        """Concurrent topics, then concurrent power-level changes racing a topic."""
-        # a: room creator on matrixfed; b: second matrixfed; c: Synapse.
+    async def converge(self, room_version: str, *, synapse_hosts: bool) -> None:
+        """Concurrent topics, then concurrent power-level changes racing a topic.
+
+        Roles: the creator and a second admin (100) on different servers, and
+        ``low`` (50) on the second matrixfed; the room is created on matrixfed
+        or on Synapse.
+        """
         synapse, mf, mf2 = await shared_trio()
-        a, b, c = await mf.register(), await mf2.register(), await synapse.register()
-        users = {b.user_id: 50, c.user_id: 100}
+        on_mf, low, on_synapse = await mf.register(), await mf2.register(), await synapse.register()
+        creator, admin = (on_synapse, on_mf) if synapse_hosts else (on_mf, on_synapse)
+        host = synapse if synapse_hosts else mf
+        users = {low.user_id: 50, admin.user_id: 100}
         if int(room_version) < 12:
             # Before v12 the creator's power is only what the users map says.
-            users[a.user_id] = 100
-        room_id = await a.create_room(
+            users[creator.user_id] = 100
+        room_id = await creator.create_room(
             room_version=room_version,
             preset="public_chat",
             power_level_content_override={"users": users},
         )
-        for joiner, server in ((b, mf), (c, mf)):
-            await joiner.join(room_id, via=[server.server_name])
-        everyone: list[ClientUser] = [a, b, c]
+        for joiner in (low, admin):
+            await joiner.join(room_id, via=[host.server_name])
+        everyone: list[ClientUser] = [creator, admin, low]
         for observer in everyone:
             for member in everyone:
                 await wait_membership(observer, room_id, member.user_id, "join")
@@ -64,16 +70,24 @@ class ConvergenceTests(InteropTestCase):
         state = await wait_same_state(room_id, everyone)
         self.assertIn(state[("m.room.topic", "")][0], topics)
 
-        # Two admins on two servers set b's level at once while b, at 50, sets
-        # the topic: which power levels win decides whether b's topic stands.
-        power = await a.get_state_event(room_id, "m.room.power_levels")
-        b_up = dict(power, users={**power["users"], b.user_id: 60})
-        b_down = dict(power, users={**power["users"], b.user_id: 10})
+        # Two admins on two servers set low's level at once while low, at 50,
+        # sets the topic: which power levels win decides whether that topic stands.
+        power = await creator.get_state_event(room_id, "m.room.power_levels")
+        up = dict(power, users={**power["users"], low.user_id: 60})
+        down = dict(power, users={**power["users"], low.user_id: 10})
         power_ids = await concurrently(
-            a.set_state(room_id, "m.room.power_levels", b_up),
-            c.set_state(room_id, "m.room.power_levels", b_down),
-            b.set_state(room_id, "m.room.topic", {"topic": "racing the power levels"}),
+            creator.set_state(room_id, "m.room.power_levels", up),
+            admin.set_state(room_id, "m.room.power_levels", down),
+            low.set_state(room_id, "m.room.topic", {"topic": "racing the power levels"}),
         )
         await concurrently(*(u.send(room_id, f"after power from {u.user_id}") for u in everyone))
         state = await wait_same_state(room_id, everyone)
         self.assertIn(state[("m.room.power_levels", "")][0], power_ids[:2])
+
+    async def check_three_servers_converge(self, room_version: str) -> None:
+        """Scenario 5, the room created on matrixfed."""
+        await self.converge(room_version, synapse_hosts=False)
+
+    async def check_three_servers_converge_in_synapse_room(self, room_version: str) -> None:
+        """Scenario 5, the room created on Synapse."""
+        await self.converge(room_version, synapse_hosts=True)
