@@ -94,6 +94,8 @@ class EventWithContext:
             group id, a full state map, or None to take it from the
             prev_events (they must agree).
         state_parent_hint: with a state map, a group to store it as a delta of.
+        encoded: ``encode_pdu(event.pdu)`` when the caller computed it already
+            (a join encodes on its verify threads, off the persist's path).
     """
 
     event: Event
@@ -102,6 +104,7 @@ class EventWithContext:
     soft_failed: bool = False
     state_before: int | Mapping[StateKey, str] | None = None
     state_parent_hint: int | None = None
+    encoded: str | None = None
 
 
 class PersistedEvent(NamedTuple):
@@ -126,9 +129,17 @@ def _chunks(seq: Sequence[Any]) -> list[Sequence[Any]]:
     return [seq[i : i + SQL_CHUNK] for i in range(0, len(seq), SQL_CHUNK)]
 
 
+# One encoder for every row (json.dumps with options builds a new one per call).
+# ensure_ascii: no raw NULs or lone surrogates reach the database.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encode_pdu(pdu: Mapping[str, Any]) -> str:
-    # ensure_ascii: no raw NULs or lone surrogates reach the database.
-    return json.dumps(pdu, separators=(",", ":"))
+    return _ENCODE(pdu)
+
+
+def _first(row: tuple[Any, ...]) -> Any:
+    return row[0]
 
 
 class PersistEventsMixin(StoreBase):
@@ -496,7 +507,7 @@ def _write_events(
                 ev.depth,
                 ev.origin_server_ts,
                 received_ts,
-                encode_pdu(ev.pdu),
+                encode_pdu(ev.pdu) if item.encoded is None else item.encoded,
                 item.rejected_reason,
                 1 if item.soft_failed else 0,
                 1 if item.outlier else 0,
@@ -506,6 +517,12 @@ def _write_events(
         auth_rows.extend((eid, a) for a in dict.fromkeys(ev.auth_event_ids))
         if ev.type == "m.room.redaction" and ev.redacts is not None:
             redaction_rows.append((eid, ev.redacts))
+    # Rows go in primary-key order: event IDs are hashes, and inserting them
+    # in random order touches a different index page per row (much slower on
+    # both engines for a big join).
+    event_rows.sort(key=_first)
+    edge_rows.sort()
+    auth_rows.sort()
     txn.copy_rows("events", _EVENT_COLUMNS, event_rows)
     txn.copy_rows("event_edges", ("event_id", "prev_event_id"), edge_rows)
     txn.copy_rows("event_auth", ("event_id", "auth_id"), auth_rows)
@@ -529,7 +546,7 @@ def _write_events(
                 for i in to_deoutlier
             ],
         )
-    sg_rows = [(eid, real(b), real(a)) for eid, (b, a) in groups.items()]
+    sg_rows = sorted((eid, real(b), real(a)) for eid, (b, a) in groups.items())
     txn.copy_rows(
         "event_to_state_groups", ("event_id", "state_group_before", "state_group_after"), sg_rows
     )
@@ -582,6 +599,8 @@ def _apply_current_state(
             f"SELECT event_id, membership FROM events WHERE event_id IN ({_in(len(chunk))})", chunk
         )
         memberships.update({eid: m for eid, m in txn.fetchall()})
+    # Primary-key order (room_id, type, state_key): see _write_events.
+    changed.sort()
     rows = [(room_id, t, sk, eid, memberships.get(eid)) for (t, sk), eid in changed]
     if fresh:
         txn.copy_rows(
