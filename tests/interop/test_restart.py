@@ -16,12 +16,17 @@ from tests.interop.synapse import (
 
 @for_room_versions(ROOM_VERSIONS)
 class RestartTests(InteropTestCase):
-    async def check_messages_sent_while_down_arrive(self, room_version: str) -> None:
+    async def restart_mid_conversation(self, room_version: str, *, matrixfed_hosts: bool) -> None:
         synapse, _ = await shared_pair()
         mf = await self.start_matrixfed(trusted_key_servers=[synapse.server_name])
         s_user, m_user = await synapse.register(), await mf.register()
-        room_id = await s_user.create_room(room_version=room_version, preset="public_chat")
-        await m_user.join(room_id, via=[synapse.server_name])
+        if matrixfed_hosts:
+            room_id = await m_user.create_room(room_version=room_version, preset="public_chat")
+            await s_user.join(room_id, via=[mf.server_name])
+            await wait_membership(m_user, room_id, s_user.user_id, "join")
+        else:
+            room_id = await s_user.create_room(room_version=room_version, preset="public_chat")
+            await m_user.join(room_id, via=[synapse.server_name])
         await wait_membership(s_user, room_id, m_user.user_id, "join")
         before = ["hello from synapse", "hello from matrixfed"]
         await s_user.send(room_id, before[0])
@@ -54,3 +59,13 @@ class RestartTests(InteropTestCase):
 
         await wait_for(f"{s_user.user_id} to see {reply!r}", reply_arrived)
         self.assertEqual([b for b in seen_by_synapse if b != reply], before + while_down)
+
+    async def check_messages_sent_while_down_arrive(self, room_version: str) -> None:
+        """Scenario 7, in a room created on Synapse."""
+        await self.restart_mid_conversation(room_version, matrixfed_hosts=False)
+
+    async def check_messages_sent_while_down_arrive_in_matrixfed_room(
+        self, room_version: str
+    ) -> None:
+        """Scenario 7, in a room created on matrixfed (which Synapse keeps alive)."""
+        await self.restart_mid_conversation(room_version, matrixfed_hosts=True)
