@@ -367,7 +367,12 @@ class JoinCoordinator:
         join = assembled.join_event
         partial = response.members_omitted
         items = [
-            EventWithContext(ev, outlier=True, rejected_reason=assembled.rejected.get(eid))
+            EventWithContext(
+                ev,
+                outlier=True,
+                rejected_reason=assembled.rejected.get(eid),
+                encoded=assembled.encoded.get(eid),
+            )
             for eid, ev in assembled.events.items()
         ]
         items.append(EventWithContext(join, state_before=assembled.state))

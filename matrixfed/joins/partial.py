@@ -234,7 +234,12 @@ class PartialStateResync:
             full_before.setdefault(key, eid)
 
         items = [
-            EventWithContext(ev, outlier=True, rejected_reason=batch.rejected.get(eid))
+            EventWithContext(
+                ev,
+                outlier=True,
+                rejected_reason=batch.rejected.get(eid),
+                encoded=batch.encoded.get(eid),
+            )
             for eid, ev in new.items()
         ]
         async with self._engine.room_lock(room_id):

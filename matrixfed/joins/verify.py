@@ -48,6 +48,7 @@ from matrixfed.joins.api import (
     ThreadRunner,
 )
 from matrixfed.joins.template import ROOM_VERSION_IF_MISSING, same_event_but_signatures
+from matrixfed.storage.persist import encode_pdu
 
 log = Logger()
 
@@ -66,6 +67,8 @@ class VerifiedBatch:
         dropped: event ID (or a description) -> why it was dropped.
         key_servers: how many servers' keys were asked for.
         ids: for each input PDU, in order, its event ID (None if dropped).
+        encoded: event ID -> ``encode_pdu`` of the kept form, computed on the
+            verify threads so the persist does not have to.
     """
 
     events: dict[str, Event]
@@ -73,6 +76,7 @@ class VerifiedBatch:
     dropped: dict[str, str]
     key_servers: int
     ids: list[str | None]
+    encoded: dict[str, str] = attrs.field(factory=dict)
 
 
 class EventVerifier:
@@ -135,14 +139,15 @@ class EventVerifier:
         )
         report(JoinProgress("keys", len(needed), len(needed)))
 
-        results = await self._check_in_chunks(pdus, room_version, keys, room_id, report)
+        results, texts = await self._check_in_chunks(pdus, room_version, keys, room_id, report)
 
         events: dict[str, Event] = {}
+        encoded: dict[str, str] = {}
         redacted: set[str] = set()
         rejected: dict[str, str] = {}
         dropped: dict[str, str] = {}
         ids: list[str | None] = []
-        for pdu, result in zip(pdus, results, strict=True):
+        for pdu, result, text in zip(pdus, results, texts, strict=True):
             if isinstance(result, EventSizeError) and result.rejectable:
                 event = result.event
                 rejected.setdefault(event.event_id, str(result))
@@ -162,6 +167,8 @@ class EventVerifier:
             if eid in events and not (eid in redacted and not was_redacted):
                 continue
             events[eid] = event
+            if text is not None:
+                encoded[eid] = text
             if was_redacted:
                 redacted.add(eid)
             else:
@@ -194,7 +201,7 @@ class EventVerifier:
                 example=next(iter(auth_rejected.items())),
             )
         report(JoinProgress("auth", len(events), len(events)))
-        return VerifiedBatch(events, rejected, dropped, len(needed), ids)
+        return VerifiedBatch(events, rejected, dropped, len(needed), ids, encoded)
 
     async def _check_in_chunks(
         self,
@@ -203,12 +210,14 @@ class EventVerifier:
         keys: Mapping[str, Any],
         room_id: str,
         report: ProgressFn,
-    ) -> list[Any]:
+    ) -> tuple[list[Any], list[str | None]]:
+        """(check_pdus result, encode_pdu of the kept event or None) per PDU."""
         total = len(pdus)
         # Enough chunks to keep every worker busy to the end, none tiny.
         size = min(self._chunk_size, max(MIN_VERIFY_CHUNK, -(-total // (self._workers * 4))))
         starts = list(range(0, total, size))
         results: list[Any] = [None] * total
+        texts: list[str | None] = [None] * total
         next_index = 0
         done = 0
         last_logged = 0
@@ -220,8 +229,9 @@ class EventVerifier:
                 start = starts[next_index]
                 next_index += 1
                 chunk = pdus[start : start + size]
-                out = await self._runner.run(_check_chunk, chunk, room_version, keys)
+                out, out_texts = await self._runner.run(_check_chunk, chunk, room_version, keys)
                 results[start : start + len(out)] = out
+                texts[start : start + len(out)] = out_texts
                 done += len(out)
                 report(JoinProgress("verify", done, total))
                 if done - last_logged >= PROGRESS_LOG_EVERY and done < total:
@@ -238,11 +248,24 @@ class EventVerifier:
             consumeErrors=True,
         )
         log.info("join {room_id}: verified {total} events", room_id=room_id, total=total)
-        return results
+        return results, texts
 
 
-def _check_chunk(chunk: Sequence[Any], room_version: RoomVersion, keys: Any) -> list[Any]:
-    return check_pdus(chunk, room_version, keys, backfilled=True)
+def _check_chunk(
+    chunk: Sequence[Any], room_version: RoomVersion, keys: Any
+) -> tuple[list[Any], list[str | None]]:
+    # The storage encoding is done here too: these threads run while the
+    # other verifies signatures (the GIL is free then), the persist runs alone.
+    results = check_pdus(chunk, room_version, keys, backfilled=True)
+    texts: list[str | None] = []
+    for result in results:
+        if isinstance(result, Event):
+            texts.append(encode_pdu(result.pdu))
+        elif isinstance(result, EventSizeError) and result.rejectable:
+            texts.append(encode_pdu(result.event.pdu))
+        else:
+            texts.append(None)
+    return results, texts
 
 
 def _ignore(progress: JoinProgress) -> None:
@@ -401,6 +424,7 @@ class AssembledJoin:
         rejected: event ID -> reason, among ``events``.
         state: (type, state_key) -> event ID: the state before the join.
         create: the room's create event.
+        encoded: event ID -> stored JSON text, for (some of) ``events``.
     """
 
     join_event: Event
@@ -408,6 +432,7 @@ class AssembledJoin:
     rejected: dict[str, str]
     state: dict[StateKey, str]
     create: Event
+    encoded: dict[str, str] = attrs.field(factory=dict)
 
 
 def assemble_join(
@@ -482,4 +507,4 @@ def assemble_join(
             check_auth(join, auth_state)
     except AuthError as e:
         raise AttemptError(f"the room's state does not authorise our join: {e}") from None
-    return AssembledJoin(join, events, dict(rejected), state, create)
+    return AssembledJoin(join, events, dict(rejected), state, create, batch.encoded)

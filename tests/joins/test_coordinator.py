@@ -7,6 +7,7 @@ state, memberships, and nothing at all when the join fails.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet import reactor
@@ -207,6 +208,9 @@ class _TamperedState(JoinTestMixin):
         stored = await self.store.get_event(topic)
         assert stored is not None
         self.assertEqual(dict(stored.content), {})
+        # The row itself (written from the text encoded on the verify threads).
+        ((_depth, text),) = (await self.store.get_event_json([topic])).values()
+        self.assertEqual(json.loads(text), stored.pdu)
 
     async def test_unauthorised_state_event_is_rejected(self) -> None:
         room = _topic_room()
