@@ -37,25 +37,38 @@ _PROBE: dict[str, object] = {
 }
 
 
-def _build() -> Callable[[object], bytes]:
+_Encoders = tuple[
+    Callable[[object], bytes], Callable[[object], str] | None, Callable[[str], str] | None
+]
+
+
+def _build() -> _Encoders:
     make = getattr(json.encoder, "c_make_encoder", None)
     basestring = getattr(json.encoder, "c_encode_basestring", None)
     if make is None or basestring is None:
-        return encode_canonical_json
+        return encode_canonical_json, None, None
     try:
         c_encode = make(None, _not_json, basestring, None, ":", ",", True, False, False)
 
-        def encode(value: object) -> bytes:
+        def text(value: object) -> str:
             chunks = c_encode(value, 0)  # in practice a list of one string
-            text = chunks[0] if len(chunks) == 1 else "".join(chunks)
-            return text.encode("utf-8")
+            return chunks[0] if len(chunks) == 1 else "".join(chunks)
+
+        def encode(value: object) -> bytes:
+            chunks = c_encode(value, 0)  # text(), inlined: once per encode
+            return (chunks[0] if len(chunks) == 1 else "".join(chunks)).encode("utf-8")
 
         if encode(_PROBE) != encode_canonical_json(_PROBE):
-            return encode_canonical_json
+            return encode_canonical_json, None, None
     except Exception:  # another Python's private encoder API: use the library
-        return encode_canonical_json
-    return encode
+        return encode_canonical_json, None, None
+    return encode, text, basestring
 
 
-encode_canonical: Callable[[object], bytes] = _build()
-"""Encode ``value`` as canonical JSON bytes (see the module docstring)."""
+encode_canonical, encode_canonical_text, encode_canonical_string = _build()
+"""``encode_canonical(value)``: ``value`` as canonical JSON bytes (see the
+module docstring). ``encode_canonical_text(value)``: the same as a str, not
+yet UTF-8 encoded (so it may hold lone surrogates that encoding then refuses),
+for callers that assemble canonical JSON from pieces; None where the C encoder
+is not used. ``encode_canonical_string(s)``: the quoted, escaped JSON text
+of one str (the encoder's own string encoder; None likewise)."""

@@ -14,10 +14,13 @@ step) or raises:
 
 It gives the same answers as calling ``validate_pdu``, ``Event(...)``,
 ``verify_event_signatures`` and ``check_hash_or_redact`` in turn, but
-encodes the PDU twice instead of five times: once without
-hashes/signatures/unsigned (content hash, and the whole-PDU size by adding the
-small remaining members), once in redacted form (reference hash, hence the
-event ID, and the bytes every signature covers).
+encodes each top-level member of the PDU once (``_encode_members``) and
+assembles from those pieces the hashed part (content hash), the whole-PDU
+size, and the redacted form (reference hash, hence the event ID, and the
+bytes every signature covers), re-encoding only the redacted content. Where
+that is not possible (no C encoder, or data that is not canonical JSON) it
+encodes whole objects as the step-by-step functions do, and reports the
+same errors.
 
 ``check_pdus`` does a list and returns one result per PDU. It prepares
 every PDU first and then verifies all signatures back to back, which keeps
@@ -37,11 +40,15 @@ from typing import Any, NamedTuple
 from unpaddedbase64 import decode_base64
 
 from matrixfed.errors import EventSizeError, InvalidEventError, SignatureError
-from matrixfed.events.canonical import encode_canonical
+from matrixfed.events.canonical import (
+    encode_canonical,
+    encode_canonical_string,
+    encode_canonical_text,
+)
 from matrixfed.events.hashing import event_id_from_reference_hash
 from matrixfed.events.keys import KeyMap
 from matrixfed.events.model import Event
-from matrixfed.events.redaction import redact
+from matrixfed.events.redaction import redact, redacted_content, top_level_keys
 from matrixfed.events.room_versions import EventFormat, RoomVersion
 from matrixfed.events.signing import signing_servers, verify_signatures_over
 from matrixfed.events.validation import ENCODE_ERRORS, validate_pdu_with_size
@@ -122,23 +129,117 @@ class _Prepared(NamedTuple):
     room_version: RoomVersion
     event_id: str
     content_json: bytes  # canonical JSON of the hashed part
-    redacted: dict[str, Any]  # redacted form without signatures
     signatures: Any
-    signing_json: bytes  # canonical JSON of ``redacted``
+    signing_json: bytes  # canonical JSON of the redacted form without signatures
     servers: set[str]
     any_server: bool
     rejectable: EventSizeError | None
 
 
+# The JSON text of the top-level keys of the protocol, ready to prefix a
+# member's value (other keys are encoded as they come; not cached, as they
+# are chosen by the sender).
+_KEY_TEXT = {
+    key: f'"{key}":'
+    for key in (
+        "auth_events",
+        "content",
+        "depth",
+        "event_id",
+        "hashes",
+        "membership",
+        "origin",
+        "origin_server_ts",
+        "prev_events",
+        "prev_state",
+        "redacts",
+        "room_id",
+        "sender",
+        "signatures",
+        "state_key",
+        "type",
+        "unsigned",
+    )
+}
+_NOT_HASHED_SET = frozenset(_NOT_HASHED)
+
+
+def _encode_members(pdu: dict[str, Any]) -> tuple[bytes, int, list[tuple[str, str]]]:
+    """Canonical JSON of the hashed part, the whole PDU's encoded size, and
+    every top-level member's ``"key":value`` text in canonical (sorted) order.
+
+    Each value is encoded once; the hashed part, the whole size and (later)
+    the redacted form are assembled from these pieces. Canonical JSON of an
+    object is "{", its members sorted by key and joined by ",", then "}", so
+    the result is byte for byte what encoding the objects whole gives.
+
+    Raises:
+        ENCODE_ERRORS: something is not canonical JSON (the caller then takes
+            the whole-object path, which reports it).
+    """
+    text = encode_canonical_text
+    string = encode_canonical_string
+    assert text is not None and string is not None  # checked by the caller
+    members: list[tuple[str, str]] = []
+    hashed: list[str] = []
+    rest = 0  # bytes the left-out members add to the whole PDU, commas included
+    for key in sorted(pdu):
+        value = pdu[key]
+        kind = type(value)
+        if kind is str:
+            value_text = string(value)
+        elif kind is int:
+            value_text = int.__repr__(value)
+        else:
+            value_text = text(value)
+        prefix = _KEY_TEXT.get(key)
+        member = (prefix if prefix is not None else string(key) + ":") + value_text
+        members.append((key, member))
+        if key in _NOT_HASHED_SET:
+            rest += len(member.encode("utf-8")) + 1
+        else:
+            hashed.append(member)
+    content_json = ("{" + ",".join(hashed) + "}").encode("utf-8")
+    size = len(content_json) + rest
+    if rest and not hashed:
+        size -= 1  # no comma between "{" and the first left-out member
+    return content_json, size, members
+
+
+def _signing_json(
+    pdu: dict[str, Any], room_version: RoomVersion, members: list[tuple[str, str]]
+) -> bytes:
+    """Canonical JSON of ``redact(pdu)`` without signatures, from the member
+    texts of a validated PDU (its content is an object)."""
+    text = encode_canonical_text
+    assert text is not None  # members exist only where it does
+    allowed = top_level_keys(room_version)
+    kept = redacted_content(pdu["type"], pdu["content"], room_version)
+    parts: list[str] = []
+    for key, member in members:
+        if key in allowed and key != "signatures":
+            if key == "content" and kept is not None:
+                member = '"content":' + text(kept)
+            parts.append(member)
+    return ("{" + ",".join(parts) + "}").encode("utf-8")
+
+
 def _prepare(pdu: Any, room_version: RoomVersion, backfilled: bool) -> _Prepared:
     if type(pdu) is not dict:
         raise InvalidEventError("PDU is not a JSON object")
-    try:
-        hashed_part = {k: v for k, v in pdu.items() if k not in _NOT_HASHED}
-        content_json = encode_canonical(hashed_part)
-        size = _whole_size(content_json, pdu)
-    except ENCODE_ERRORS as e:
-        raise InvalidEventError(f"PDU cannot be encoded as canonical JSON: {e}") from None
+    members: list[tuple[str, str]] | None = None
+    if encode_canonical_text is not None:
+        try:
+            content_json, size, members = _encode_members(pdu)
+        except ENCODE_ERRORS:
+            members = None  # the whole-object path below names the problem
+    if members is None:
+        try:
+            hashed_part = {k: v for k, v in pdu.items() if k not in _NOT_HASHED}
+            content_json = encode_canonical(hashed_part)
+            size = _whole_size(content_json, pdu)
+        except ENCODE_ERRORS as e:
+            raise InvalidEventError(f"PDU cannot be encoded as canonical JSON: {e}") from None
 
     rejectable: EventSizeError | None = None
     try:
@@ -148,11 +249,14 @@ def _prepare(pdu: Any, room_version: RoomVersion, backfilled: bool) -> _Prepared
             raise
         rejectable = e
 
-    redacted = redact(pdu, room_version)
-    signatures = redacted.pop("signatures", None)
-    # Redaction never keeps ``unsigned``; the remaining dict is exactly what
-    # signatures cover and what the reference hash is taken over.
-    signing_json = encode_canonical(redacted)
+    if members is not None:
+        signing_json = _signing_json(pdu, room_version, members)
+    else:
+        redacted = redact(pdu, room_version)
+        redacted.pop("signatures", None)
+        # Redaction never keeps ``unsigned``; the remaining dict is exactly
+        # what signatures cover and what the reference hash is taken over.
+        signing_json = encode_canonical(redacted)
     if room_version.event_format is EventFormat.V1:
         event_id: str = pdu["event_id"]
     else:
@@ -163,8 +267,7 @@ def _prepare(pdu: Any, room_version: RoomVersion, backfilled: bool) -> _Prepared
         room_version,
         event_id,
         content_json,
-        redacted,
-        signatures,
+        pdu["signatures"],
         signing_json,
         servers,
         any_server,
@@ -187,8 +290,7 @@ def _finish(prep: _Prepared, keys: KeyMap) -> Event:
     if _hash_matches(pdu["hashes"]["sha256"], prep.content_json):
         event = Event(pdu, prep.room_version, prep.event_id)
     else:
-        redacted = dict(prep.redacted, signatures=prep.signatures)
-        event = Event(redacted, prep.room_version, prep.event_id)
+        event = Event(redact(pdu, prep.room_version), prep.room_version, prep.event_id)
     if prep.rejectable is not None:
         raise EventSizeError(str(prep.rejectable), rejectable=True, event=event)
     return event

@@ -65,29 +65,51 @@ def _content_keys(event_type: str, rules: RedactionRules) -> tuple[str, ...] | N
     return ()
 
 
+def redacted_content(
+    event_type: Any, content: dict[str, Any], room_version: RoomVersion
+) -> dict[str, Any] | None:
+    """The content the redacted form of an event keeps.
+
+    Args:
+        event_type: the event's ``type`` (any value; only known types keep keys).
+        content: the event's content object.
+        room_version: the room's version.
+
+    Returns:
+        A new dict of the keys kept, or None when all of ``content`` is kept
+        (v11+ ``m.room.create``): the caller then uses ``content`` itself.
+    """
+    rules = room_version.redaction
+    keys = _content_keys(str(event_type), rules)
+    if keys is None:
+        return None
+    new_content = {k: content[k] for k in keys if k in content}
+    if (
+        rules >= RedactionRules.V11
+        and event_type == "m.room.member"
+        and isinstance(content.get("third_party_invite"), dict)
+        and "signed" in content["third_party_invite"]
+    ):
+        new_content["third_party_invite"] = {"signed": content["third_party_invite"]["signed"]}
+    return new_content
+
+
 def redact(pdu: dict[str, Any], room_version: RoomVersion) -> dict[str, Any]:
     """Return the redacted form of ``pdu`` (a new dict; ``pdu`` is untouched).
 
     Redaction is idempotent: ``redact(redact(x)) == redact(x)``.
     """
-    rules = room_version.redaction
     allowed = _TOP_LEVEL_V11 if room_version.v11_top_level_keys else _TOP_LEVEL_V1
     out = {k: v for k, v in pdu.items() if k in allowed}
     content = pdu.get("content")
     if not isinstance(content, dict):
         out["content"] = {}
         return out
-    keys = _content_keys(str(pdu.get("type")), rules)
-    if keys is None:
-        out["content"] = dict(content)
-        return out
-    new_content = {k: content[k] for k in keys if k in content}
-    if (
-        rules >= RedactionRules.V11
-        and pdu.get("type") == "m.room.member"
-        and isinstance(content.get("third_party_invite"), dict)
-        and "signed" in content["third_party_invite"]
-    ):
-        new_content["third_party_invite"] = {"signed": content["third_party_invite"]["signed"]}
-    out["content"] = new_content
+    kept = redacted_content(pdu.get("type"), content, room_version)
+    out["content"] = dict(content) if kept is None else kept
     return out
+
+
+def top_level_keys(room_version: RoomVersion) -> frozenset[str]:
+    """The top-level keys the redacted form of an event keeps in ``room_version``."""
+    return _TOP_LEVEL_V11 if room_version.v11_top_level_keys else _TOP_LEVEL_V1

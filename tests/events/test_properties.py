@@ -14,8 +14,12 @@ from twisted.trial import unittest
 from unpaddedbase64 import encode_base64
 
 from matrixfed.errors import InvalidEventError, SignatureError
-from matrixfed.events.checks import _whole_size, check_pdu
-from matrixfed.events.hashing import compute_content_hash, compute_reference_hash
+from matrixfed.events.checks import _encode_members, _signing_json, _whole_size, check_pdu
+from matrixfed.events.hashing import (
+    compute_content_hash,
+    compute_reference_hash,
+    redacted_signing_json,
+)
 from matrixfed.events.model import Event
 from matrixfed.events.redaction import redact
 from matrixfed.events.room_versions import RoomVersion
@@ -148,6 +152,32 @@ class CanonicalJsonProperties(unittest.TestCase):
         self.assertEqual(
             _whole_size(encode_canonical_json(hashed), value), len(encode_canonical_json(value))
         )
+
+    @SETTINGS
+    @given(st.dictionaries(texts, any_json, max_size=8))
+    def test_members_assemble_the_whole_encodings(self, value: dict[str, Any]) -> None:
+        # check_pdu encodes each member once and assembles the hashed part and
+        # the whole size from the pieces: the same bytes as encoding whole
+        # objects, or an error where encoding whole objects fails too.
+        hashed = {k: v for k, v in value.items() if k not in ("hashes", "signatures", "unsigned")}
+        try:
+            expected = (encode_canonical_json(hashed), len(encode_canonical_json(value)))
+        except ValueError:  # NaN never comes from hypothesis here; huge ints can
+            with self.assertRaises(ValueError):
+                _encode_members(value)
+            return
+        content_json, size, members = _encode_members(value)
+        self.assertEqual((content_json, size), expected)
+        self.assertEqual([k for k, _ in members], sorted(value))
+
+    @SETTINGS
+    @given(signed_events())
+    def test_members_assemble_the_signed_bytes(
+        self, case: tuple[dict[str, Any], RoomVersion]
+    ) -> None:
+        pdu, rv = case
+        _, _, members = _encode_members(pdu)
+        self.assertEqual(_signing_json(pdu, rv, members), redacted_signing_json(pdu, rv))
 
 
 class SigningProperties(unittest.TestCase):
