@@ -196,10 +196,16 @@ async def run_join(reactor: Any, resident: str, room_id: str, partial: bool) -> 
         last: dict[str, float] = {}
         counts: dict[str, int] = {}
 
+        first_cpu: dict[str, float] = {}
+        last_cpu: dict[str, float] = {}
+
         def progress(p: JoinProgress) -> None:
             now = time.perf_counter()
+            cpu_now = _cpu_s()
             first.setdefault(p.stage, now)
             last[p.stage] = now
+            first_cpu.setdefault(p.stage, cpu_now)
+            last_cpu[p.stage] = cpu_now
             counts[p.stage] = max(counts.get(p.stage, 0), p.total)
 
         rss_before = _rss_mb()
@@ -234,6 +240,10 @@ async def run_join(reactor: Any, resident: str, room_id: str, partial: bool) -> 
                     "persist_s": last["persist"] - first["persist"],
                     "ingest_s": ingest,
                     "cpu_s": cpu,
+                    # CPU seconds of this process (all threads) per stage.
+                    "verify_cpu_s": last_cpu["verify"] - first_cpu["verify"],
+                    "auth_cpu_s": last_cpu["auth"] - first_cpu["auth"],
+                    "persist_cpu_s": last_cpu["persist"] - first_cpu["persist"],
                     "resync_s": resync_s,
                     "rss_before_mb": rss_before,
                     "rss_peak_mb": _rss_mb(),
@@ -285,6 +295,14 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit("resident did not start")
 
 
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat(5); the split starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_size(n: int, version: str, partial: bool) -> dict[str, Any]:
     data_dir = tempfile.mkdtemp(prefix="bench-resident-")
     port = _free_port()
@@ -309,9 +327,12 @@ def bench_size(n: int, version: str, partial: bool) -> dict[str, Any]:
             args = [VENV_PYTHON, __file__, "--join", name, room_id]
             if partial:
                 args.append("--partial")
+            resident_cpu = _proc_cpu_s(resident.pid)
             joined = subprocess.run(args, check=True, capture_output=True, text=True)
             result: dict[str, Any] = json.loads(joined.stdout.strip().splitlines()[-1])
             result["prepare_s"] = prep
+            # The resident's CPU during the join: answering make_join and send_join.
+            result["resident_cpu_s"] = _proc_cpu_s(resident.pid) - resident_cpu
             return result
         finally:
             resident.terminate()
@@ -351,6 +372,7 @@ def main() -> None:
         f"{'members':>8} {'events':>7} {'join s':>7} {'resident s':>10} {'ingest s':>8}"
         f" {'verify s':>8} {'auth s':>7} {'persist s':>9} {'ev/s':>8} {'cpu s':>6}"
         f" {'peak MB':>8} {'growth MB':>9} {'KB/ev':>6}"
+        f" | CPU s: {'resident':>8} {'verify':>6} {'auth':>5} {'persist':>7}"
     )
     wall_us, cpu_us = _ed25519_speed()
     print(
@@ -366,7 +388,9 @@ def main() -> None:
             f"{n:>8} {r['events']:>7} {r['total_s']:>7.2f} {r['send_join_wait_s']:>10.2f}"
             f" {r['ingest_s']:>8.2f} {r['verify_s']:>8.2f} {r['auth_s']:>7.2f}"
             f" {r['persist_s']:>9.2f} {rate:>8.0f} {r['cpu_s']:>6.2f} {r['rss_peak_mb']:>8.1f}"
-            f" {growth:>9.1f} {growth * 1024 / max(r['events'], 1):>6.2f}",
+            f" {growth:>9.1f} {growth * 1024 / max(r['events'], 1):>6.2f}"
+            f" |        {r['resident_cpu_s']:>8.2f} {r['verify_cpu_s']:>6.2f}"
+            f" {r['auth_cpu_s']:>5.2f} {r['persist_cpu_s']:>7.2f}",
             flush=True,
         )
         if r["partial"]:
