@@ -135,7 +135,7 @@ class PowerLevels:
     Build one per auth check with ``PowerLevels.from_state``; reads are lazy.
     """
 
-    __slots__ = ("room_version", "event", "_content", "_creators")
+    __slots__ = ("room_version", "event", "_content", "_create", "_creator_ids")
 
     def __init__(
         self,
@@ -148,7 +148,18 @@ class PowerLevels:
         self._content: Mapping[str, Any] = (
             power_levels_event.content if power_levels_event is not None else {}
         )
-        self._creators = _creators_of(create_event) if create_event is not None else set()
+        self._create = create_event
+        # Worked out on first use: most membership checks never ask.
+        self._creator_ids: set[str] | None = None
+
+    @property
+    def _creators(self) -> set[str]:
+        found = self._creator_ids
+        if found is None:
+            create = self._create
+            found = _creators_of(create) if create is not None else set()
+            self._creator_ids = found
+        return found
 
     @classmethod
     def from_state(

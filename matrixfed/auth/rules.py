@@ -112,11 +112,16 @@ def check_auth_events_refs(
             allows, or (v1-v11) the create event is not cited, or (v12) it is.
     """
     rv = event.room_version
-    if event.type == CREATE:
+    pdu = event.pdu  # read directly: this runs once per received event
+    event_type = pdu["type"]
+    if event_type == CREATE:
         # Rule 1 decides create events before auth_events are considered.
         return
-    allowed = auth_types_for_event(rv, event.type, event.sender, event.state_key, event.content)
+    allowed = auth_types_for_event(
+        rv, event_type, pdu["sender"], pdu.get("state_key"), event.content
+    )
     room_id = event.room_id
+    forbid_create = rv.room_id_from_create
     seen: set[tuple[str, str]] = set()
     for auth_id in event.auth_event_ids:
         auth_event = auth_events.get(auth_id)
@@ -124,10 +129,11 @@ def check_auth_events_refs(
             raise AuthError(f"auth event {auth_id} is not known")
         if auth_id in rejected:
             raise AuthError(f"auth event {auth_id} was rejected")
-        if not auth_event.is_state():
+        auth_pdu = auth_event.pdu
+        if "state_key" not in auth_pdu:
             raise AuthError(f"auth event {auth_id} is not a state event")
-        key = auth_event.state_tuple
-        if rv.room_id_from_create and key == CREATE_KEY:
+        key = (auth_pdu["type"], auth_pdu["state_key"])
+        if forbid_create and key == CREATE_KEY:
             raise AuthError("the create event must not be cited in auth_events")
         if auth_event.room_id != room_id:
             raise AuthError(f"auth event {auth_id} is in another room")
@@ -136,7 +142,7 @@ def check_auth_events_refs(
         if key not in allowed:
             raise AuthError(f"auth event {auth_id} {key} is not allowed for this event")
         seen.add(key)
-    if not rv.room_id_from_create and CREATE_KEY not in seen:
+    if not forbid_create and CREATE_KEY not in seen:
         raise AuthError("auth_events do not cite the create event")
 
 
