@@ -9,6 +9,7 @@ the same current state, event by event.
 from __future__ import annotations
 
 import os
+import signal
 
 from tests.interop.client import (
     ClientUser,
@@ -229,3 +230,36 @@ class MembershipTests(InteropTestCase):
         """Scenario 4: matrixfed users leave, are kicked and banned from a Synapse room."""
         synapse, mf = await shared_pair()
         await self.leave_kick_ban(synapse, mf, room_version)
+
+
+@for_room_versions(("1", "10", "11", "12"))
+class InviteBeforeSendTests(InteropTestCase):
+    async def check_invitee_joins_before_the_invite_is_sent_to_the_room(
+        self, room_version: str
+    ) -> None:
+        """Scenario 4: a matrixfed user accepts an invite from Synapse at once,
+        while Synapse has not yet sent the invite event into the room (it is
+        frozen right after ``/invite``): matrixfed, already in the room, joins
+        locally on the strength of the invite it countersigned."""
+        _, mf = await shared_pair()
+        synapse = await self.start_synapse()
+        owner = await synapse.register()
+        room_id = await owner.create_room(room_version=room_version, preset="private_chat")
+        observer = await mf.register()
+        await owner.invite(room_id, observer.user_id)
+        await wait_invited(observer, room_id)
+        await observer.join(room_id, via=[synapse.server_name])
+        await wait_membership(owner, room_id, observer.user_id, "join")
+
+        invitee = await mf.register()
+        await owner.invite(room_id, invitee.user_id)
+        assert synapse.proc is not None
+        os.kill(synapse.proc.pid, signal.SIGSTOP)
+        try:
+            await wait_invited(invitee, room_id)
+            await invitee.join(room_id, via=[synapse.server_name])
+            await wait_membership(observer, room_id, invitee.user_id, "join")
+        finally:
+            os.kill(synapse.proc.pid, signal.SIGCONT)
+        await wait_membership(owner, room_id, invitee.user_id, "join")
+        await wait_same_state(room_id, [owner, observer, invitee])
