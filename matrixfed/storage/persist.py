@@ -138,10 +138,6 @@ def encode_pdu(pdu: Mapping[str, Any]) -> str:
     return _ENCODE(pdu)
 
 
-def _first(row: tuple[Any, ...]) -> Any:
-    return row[0]
-
-
 class PersistEventsMixin(StoreBase):
     """``persist_events``."""
 
@@ -495,15 +491,16 @@ def _write_events(
     for item in to_insert:
         ev = item.event
         eid = ev.event_id
+        etype = ev.type
         event_rows.append(
             (
                 eid,
                 room_id,
                 orderings[eid],
-                ev.type,
+                etype,
                 ev.state_key,
                 ev.sender,
-                ev.membership if ev.type == "m.room.member" else None,
+                ev.membership if etype == "m.room.member" else None,
                 ev.depth,
                 ev.origin_server_ts,
                 received_ts,
@@ -513,14 +510,14 @@ def _write_events(
                 1 if item.outlier else 0,
             )
         )
-        edge_rows.extend((eid, p) for p in dict.fromkeys(ev.prev_event_ids))
-        auth_rows.extend((eid, a) for a in dict.fromkeys(ev.auth_event_ids))
-        if ev.type == "m.room.redaction" and ev.redacts is not None:
+        edge_rows += [(eid, p) for p in dict.fromkeys(ev.prev_event_ids)]
+        auth_rows += [(eid, a) for a in dict.fromkeys(ev.auth_event_ids)]
+        if etype == "m.room.redaction" and ev.redacts is not None:
             redaction_rows.append((eid, ev.redacts))
-    # Rows go in primary-key order: event IDs are hashes, and inserting them
-    # in random order touches a different index page per row (much slower on
-    # both engines for a big join).
-    event_rows.sort(key=_first)
+    # Edge rows go in primary-key order (their only other B-tree besides the
+    # table): event IDs are hashes, in random order each row lands on another
+    # index page. Event rows stay in stream order: three of the events
+    # table's four indexes are ordered by stream_ordering.
     edge_rows.sort()
     auth_rows.sort()
     txn.copy_rows("events", _EVENT_COLUMNS, event_rows)
