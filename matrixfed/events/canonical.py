@@ -70,5 +70,5 @@ encode_canonical, encode_canonical_text, encode_canonical_string = _build()
 module docstring). ``encode_canonical_text(value)``: the same as a str, not
 yet UTF-8 encoded (so it may hold lone surrogates that encoding then refuses),
 for callers that assemble canonical JSON from pieces; None where the C encoder
-is not used. ``encode_canonical_string(s)``: the quoted, escaped JSON text
-of one str (the encoder's own string encoder; None likewise)."""
+is not used. ``encode_canonical_string(s)``: the quoted, escaped JSON text of
+one str (the encoder's own string encoder; None likewise)."""

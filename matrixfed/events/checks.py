@@ -14,13 +14,13 @@ step) or raises:
 
 It gives the same answers as calling ``validate_pdu``, ``Event(...)``,
 ``verify_event_signatures`` and ``check_hash_or_redact`` in turn, but
-encodes each top-level member of the PDU once (``_encode_members``) and
-assembles from those pieces the hashed part (content hash), the whole-PDU
-size, and the redacted form (reference hash, hence the event ID, and the
-bytes every signature covers), re-encoding only the redacted content. Where
-that is not possible (no C encoder, or data that is not canonical JSON) it
-encodes whole objects as the step-by-step functions do, and reports the
-same errors.
+encodes the PDU twice instead of five times: once without
+hashes/signatures/unsigned (content hash, and the whole-PDU size by adding the
+small remaining members), and once more only the content, to cut the signed
+bytes (the redacted form: reference hash, hence the event ID, and what every
+signature covers) out of the first text (``_signing_json_from``). PDUs of an
+unusual shape have their redacted form encoded whole, as the step-by-step
+functions do.
 
 ``check_pdus`` does a list and returns one result per PDU. It prepares
 every PDU first and then verifies all signatures back to back, which keeps
@@ -48,7 +48,7 @@ from matrixfed.events.canonical import (
 from matrixfed.events.hashing import event_id_from_reference_hash
 from matrixfed.events.keys import KeyMap
 from matrixfed.events.model import Event
-from matrixfed.events.redaction import redact, redacted_content, top_level_keys
+from matrixfed.events.redaction import redact, redacted_content
 from matrixfed.events.room_versions import EventFormat, RoomVersion
 from matrixfed.events.signing import signing_servers, verify_signatures_over
 from matrixfed.events.validation import ENCODE_ERRORS, validate_pdu_with_size
@@ -136,110 +136,95 @@ class _Prepared(NamedTuple):
     rejectable: EventSizeError | None
 
 
-# The JSON text of the top-level keys of the protocol, ready to prefix a
-# member's value (other keys are encoded as they come; not cached, as they
-# are chosen by the sender).
-_KEY_TEXT = {
-    key: f'"{key}":'
-    for key in (
+# Top-level keys of the PDUs ``_signing_json_from`` handles: the redacted
+# form of such a PDU drops nothing but signatures and unsigned, in every room
+# version (and ``origin`` too before v11). Other PDUs (v1/v2 ``event_id``,
+# ``membership``/``prev_state``, unknown keys) take the general path.
+_PLAIN_KEYS = frozenset(
+    {
         "auth_events",
         "content",
         "depth",
-        "event_id",
         "hashes",
-        "membership",
-        "origin",
         "origin_server_ts",
         "prev_events",
-        "prev_state",
-        "redacts",
         "room_id",
         "sender",
         "signatures",
         "state_key",
         "type",
         "unsigned",
-    )
-}
-_NOT_HASHED_SET = frozenset(_NOT_HASHED)
+    }
+)
+_PLAIN_KEYS_V1 = _PLAIN_KEYS | {"origin"}
+_CONTENT_KEY = '"content":'
+_DEPTH_KEY = ',"depth":'
+_NEXT_KEY = ',"origin'  # "origin_server_ts", or "origin" before v11
 
 
-def _encode_members(pdu: dict[str, Any]) -> tuple[bytes, int, list[tuple[str, str]]]:
-    """Canonical JSON of the hashed part, the whole PDU's encoded size, and
-    every top-level member's ``"key":value`` text in canonical (sorted) order.
+def _signing_json_from(pdu: dict[str, Any], room_version: RoomVersion, hashed: str) -> bytes | None:
+    """Canonical JSON of ``redact(pdu)`` without signatures, from ``hashed``,
+    the canonical JSON text of the PDU's hashed part; None when the PDU is
+    not of the shape this handles (the caller then encodes the redacted form).
 
-    Each value is encoded once; the hashed part, the whole size and (later)
-    the redacted form are assembled from these pieces. Canonical JSON of an
-    object is "{", its members sorted by key and joined by ",", then "}", so
-    the result is byte for byte what encoding the objects whole gives.
-
-    Raises:
-        ENCODE_ERRORS: something is not canonical JSON (the caller then takes
-            the whole-object path, which reports it).
+    For a validated PDU of room version 3+ whose keys are all ``_PLAIN_KEYS``
+    the two texts differ only in the content member (redacted) and the hashes
+    member (signed, not hashed), and the members sort as auth_events,
+    content, depth, [hashes], [origin], origin_server_ts, ... Every member but
+    content holds only integers and strings (event IDs, identifiers; a string
+    holds no unescaped quote), so the first ``"content":`` in the text starts
+    the content member and the last ``,"depth":`` ends it. The signed bytes are
+    the text with the content member replaced and the hashes member inserted
+    after depth.
     """
     text = encode_canonical_text
     string = encode_canonical_string
-    assert text is not None and string is not None  # checked by the caller
-    members: list[tuple[str, str]] = []
-    hashed: list[str] = []
-    rest = 0  # bytes the left-out members add to the whole PDU, commas included
-    for key in sorted(pdu):
-        value = pdu[key]
-        kind = type(value)
-        if kind is str:
-            value_text = string(value)
-        elif kind is int:
-            value_text = int.__repr__(value)
-        else:
-            value_text = text(value)
-        prefix = _KEY_TEXT.get(key)
-        member = (prefix if prefix is not None else string(key) + ":") + value_text
-        members.append((key, member))
-        if key in _NOT_HASHED_SET:
-            rest += len(member.encode("utf-8")) + 1
-        else:
-            hashed.append(member)
-    content_json = ("{" + ",".join(hashed) + "}").encode("utf-8")
-    size = len(content_json) + rest
-    if rest and not hashed:
-        size -= 1  # no comma between "{" and the first left-out member
-    return content_json, size, members
-
-
-def _signing_json(
-    pdu: dict[str, Any], room_version: RoomVersion, members: list[tuple[str, str]]
-) -> bytes:
-    """Canonical JSON of ``redact(pdu)`` without signatures, from the member
-    texts of a validated PDU (its content is an object)."""
-    text = encode_canonical_text
-    assert text is not None  # members exist only where it does
-    allowed = top_level_keys(room_version)
+    if (
+        text is None
+        or string is None
+        or room_version.event_format is EventFormat.V1
+        or not (_PLAIN_KEYS if room_version.v11_top_level_keys else _PLAIN_KEYS_V1).issuperset(
+            pdu.keys()
+        )
+        or type(pdu.get("origin", "")) is not str
+    ):
+        return None
+    hashes = pdu["hashes"]
+    if len(hashes) != 1:  # validated: "sha256" is there, and is a string
+        return None
+    content_at = hashed.find(_CONTENT_KEY)
+    content_end = hashed.rfind(_DEPTH_KEY)
+    depth_end = content_end + len(_DEPTH_KEY) + len(int.__repr__(pdu["depth"]))
+    if content_at < 0 or content_end < content_at or not hashed.startswith(_NEXT_KEY, depth_end):
+        return None
     kept = redacted_content(pdu["type"], pdu["content"], room_version)
-    parts: list[str] = []
-    for key, member in members:
-        if key in allowed and key != "signatures":
-            if key == "content" and kept is not None:
-                member = '"content":' + text(kept)
-            parts.append(member)
-    return ("{" + ",".join(parts) + "}").encode("utf-8")
+    return "".join(
+        (
+            hashed[: content_at + len(_CONTENT_KEY)],
+            hashed[content_at + len(_CONTENT_KEY) : content_end] if kept is None else text(kept),
+            hashed[content_end:depth_end],
+            ',"hashes":{"sha256":',
+            string(hashes["sha256"]),
+            "}",
+            hashed[depth_end:],
+        )
+    ).encode("utf-8")
 
 
 def _prepare(pdu: Any, room_version: RoomVersion, backfilled: bool) -> _Prepared:
     if type(pdu) is not dict:
         raise InvalidEventError("PDU is not a JSON object")
-    members: list[tuple[str, str]] | None = None
-    if encode_canonical_text is not None:
-        try:
-            content_json, size, members = _encode_members(pdu)
-        except ENCODE_ERRORS:
-            members = None  # the whole-object path below names the problem
-    if members is None:
-        try:
-            hashed_part = {k: v for k, v in pdu.items() if k not in _NOT_HASHED}
+    hashed_text: str | None = None
+    try:
+        hashed_part = {k: v for k, v in pdu.items() if k not in _NOT_HASHED}
+        if encode_canonical_text is not None:
+            hashed_text = encode_canonical_text(hashed_part)
+            content_json = hashed_text.encode("utf-8")
+        else:
             content_json = encode_canonical(hashed_part)
-            size = _whole_size(content_json, pdu)
-        except ENCODE_ERRORS as e:
-            raise InvalidEventError(f"PDU cannot be encoded as canonical JSON: {e}") from None
+        size = _whole_size(content_json, pdu)
+    except ENCODE_ERRORS as e:
+        raise InvalidEventError(f"PDU cannot be encoded as canonical JSON: {e}") from None
 
     rejectable: EventSizeError | None = None
     try:
@@ -249,9 +234,10 @@ def _prepare(pdu: Any, room_version: RoomVersion, backfilled: bool) -> _Prepared
             raise
         rejectable = e
 
-    if members is not None:
-        signing_json = _signing_json(pdu, room_version, members)
-    else:
+    signing_json = None
+    if hashed_text is not None:
+        signing_json = _signing_json_from(pdu, room_version, hashed_text)
+    if signing_json is None:
         redacted = redact(pdu, room_version)
         redacted.pop("signatures", None)
         # Redaction never keeps ``unsigned``; the remaining dict is exactly
