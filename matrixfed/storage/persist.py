@@ -149,6 +149,7 @@ class PersistEventsMixin(StoreBase):
         backfilled: bool = False,
         current_state: Mapping[StateKey, str] | None = None,
         partial_state: bool | None = None,
+        partial_state_servers: Sequence[str] = (),
     ) -> list[PersistedEvent]:
         """Store a batch of events of one room in one transaction (module docstring).
 
@@ -161,6 +162,9 @@ class PersistEventsMixin(StoreBase):
                 when the caller computed it (forks).
             partial_state: when not None, set the room's partial-state flag in
                 the same transaction (a partial-state join and its resync).
+            partial_state_servers: with ``partial_state``, the room's
+                ``partial_state_servers`` rows are replaced by these (the
+                send_join answer's servers_in_room; cleared when False).
 
         Returns:
             One PersistedEvent per newly stored (or de-outliered) event, in
@@ -183,6 +187,7 @@ class PersistEventsMixin(StoreBase):
             self._state_cache,
             self._event_cache,
             partial_state,
+            partial_state_servers,
         )
 
 
@@ -196,6 +201,7 @@ def _persist_txn(
     state_cache: LruCache[int, StateMap],
     event_cache: LruCache[str, Event],
     partial_state: bool | None = None,
+    partial_state_servers: Sequence[str] = (),
 ) -> list[PersistedEvent]:
     if not items and current_state is None:
         return []
@@ -205,6 +211,12 @@ def _persist_txn(
             "UPDATE rooms SET partial_state = ? WHERE room_id = ?",
             (1 if partial_state else 0, room_id),
         )
+        txn.execute("DELETE FROM partial_state_servers WHERE room_id = ?", (room_id,))
+        if partial_state and partial_state_servers:
+            txn.executemany(
+                "INSERT INTO partial_state_servers (room_id, server_name) VALUES (?, ?)",
+                [(room_id, s) for s in sorted(set(partial_state_servers))],
+            )
 
     # --- what is new --------------------------------------------------------
     batch: dict[str, EventWithContext] = {}
