@@ -211,6 +211,52 @@ class MembershipTests(InteropTestCase):
         self.assertEqual(caught.exception.code, 403)
         await wait_same_state(r.room_id, [r.owner, r.observer])
 
+    async def remote_admin(
+        self, host: ServerProcess, guest: ServerProcess, room_version: str
+    ) -> None:
+        """An admin on the guest server kicks and bans users of the host server in
+        a room the host created; a host user who left rejoins."""
+        owner = await host.register()
+        admin = await guest.register()
+        users = {admin.user_id: 100}
+        if int(room_version) < 12:
+            users[owner.user_id] = 100
+        room_id = await owner.create_room(
+            room_version=room_version,
+            preset="public_chat",
+            power_level_content_override={"users": users},
+        )
+        await admin.join(room_id, via=[host.server_name])
+        kicked, banned, rejoiner = [await host.register() for _ in range(3)]
+        for user in (kicked, banned, rejoiner):
+            await user.join(room_id)
+            await wait_membership(admin, room_id, user.user_id, "join")
+        await admin.kick(room_id, kicked.user_id)
+        await admin.ban(room_id, banned.user_id)
+        for observer in (owner, admin):
+            await wait_membership(observer, room_id, kicked.user_id, "leave")
+            await wait_membership(observer, room_id, banned.user_id, "ban")
+        with self.assertRaises(HttpError) as caught:
+            await banned.join(room_id)
+        self.assertEqual(caught.exception.code, 403)
+        await rejoiner.leave(room_id)
+        await wait_membership(admin, room_id, rejoiner.user_id, "leave")
+        await rejoiner.join(room_id)
+        await wait_membership(admin, room_id, rejoiner.user_id, "join")
+        await wait_same_state(room_id, [owner, admin])
+
+    async def check_synapse_admin_kicks_and_bans_in_matrixfed_room(self, room_version: str) -> None:
+        """Scenario 4: a Synapse admin kicks and bans matrixfed users in a
+        matrixfed room."""
+        synapse, mf = await shared_pair()
+        await self.remote_admin(mf, synapse, room_version)
+
+    async def check_matrixfed_admin_kicks_and_bans_in_synapse_room(self, room_version: str) -> None:
+        """Scenario 4: a matrixfed admin kicks and bans Synapse users in a
+        Synapse room."""
+        synapse, mf = await shared_pair()
+        await self.remote_admin(synapse, mf, room_version)
+
     async def check_invites_from_matrixfed(self, room_version: str) -> None:
         """Scenario 4: a matrixfed user invites Synapse users."""
         synapse, mf = await shared_pair()
