@@ -34,6 +34,7 @@ from matrixfed.clientapi.events import parse_token, stream_token, topological_to
 from matrixfed.errors import MatrixError
 from matrixfed.events.model import Event
 from matrixfed.federation.server.endpoint import ApiRequest, Endpoint, JsonResponse
+from matrixfed.rooms.engine import STRIPPED_STATE_KEYS
 
 __all__ = ["SyncServlets"]
 
@@ -41,16 +42,6 @@ __all__ = ["SyncServlets"]
 DEFAULT_TIMELINE_LIMIT = 10
 # A filter asking for more is capped here (one store query per room).
 MAX_TIMELINE_LIMIT = 500
-# Stripped state keys sent with invites (client-server spec "Stripped state").
-STRIPPED_STATE_KEYS = (
-    ("m.room.create", ""),
-    ("m.room.join_rules", ""),
-    ("m.room.name", ""),
-    ("m.room.avatar", ""),
-    ("m.room.canonical_alias", ""),
-    ("m.room.encryption", ""),
-    ("m.room.topic", ""),
-)
 
 
 def _timeline_limit(raw: str | None) -> int:
