@@ -17,7 +17,6 @@ from matrixfed.clientapi.backfill import Backfiller
 from matrixfed.clientapi.common import TokenAuth
 from matrixfed.clientapi.context import (
     ClientContext,
-    Engine,
     FederationQueries,
     Joiner,
     WaitForEvents,
@@ -28,6 +27,7 @@ from matrixfed.clientapi.login import LoginServlets
 from matrixfed.clientapi.rooms import RoomServlets
 from matrixfed.clientapi.sync import SyncServlets
 from matrixfed.federation.server.endpoint import Endpoint
+from matrixfed.rooms.engine import RoomEngine
 from matrixfed.storage.store import Store
 from matrixfed.storage.users import UserStore
 
@@ -42,7 +42,7 @@ class ClientApi:
         *,
         server_name: str,
         store: Store,
-        engine: Engine,
+        engine: RoomEngine,
         joiner: Joiner,
         notifier: WaitForEvents,
         federation: FederationQueries,

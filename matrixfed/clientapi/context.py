@@ -1,8 +1,9 @@
 """The dependencies of the room endpoints, as small interfaces.
 
-Handlers talk to the room engine, the join coordinator, the notifier and the
-federation client through these Protocols, so unit tests can drive them with
-the real store and a real engine while the network side is scripted.
+Handlers talk to the join coordinator, the notifier and the federation client
+through these Protocols, so unit tests can drive them with the real store and
+a real engine while the network side is scripted. The room engine is used as
+its own type (``RoomEngine``): only the real one is ever passed.
 """
 
 from __future__ import annotations
@@ -14,49 +15,17 @@ import attrs
 
 from matrixfed.clientapi.accounts import Accounts
 from matrixfed.clientapi.common import TokenAuth
-from matrixfed.events.model import Event
+from matrixfed.rooms.engine import RoomEngine
 from matrixfed.storage.store import Store
 from matrixfed.storage.users import UserStore
 
 __all__ = [
     "ClientContext",
-    "Engine",
     "FederationQueries",
     "Joiner",
     "MembershipOutcome",
     "WaitForEvents",
 ]
-
-
-class Engine(Protocol):
-    """The part of ``matrixfed.rooms.engine.RoomEngine`` the client API uses."""
-
-    async def create_room(
-        self,
-        creator: str,
-        *,
-        room_version: str | None = None,
-        preset: str = "private_chat",
-        name: str | None = None,
-        topic: str | None = None,
-        alias: str | None = None,
-        initial_state: Sequence[Mapping[str, Any]] = (),
-        power_level_content_override: Mapping[str, Any] | None = None,
-        is_public: bool = False,
-        invite: Sequence[str] = (),
-        creation_content: Mapping[str, Any] | None = None,
-    ) -> str: ...
-
-    async def send_event(
-        self,
-        room_id: str,
-        *,
-        type: str,
-        sender: str,
-        content: Mapping[str, Any],
-        state_key: str | None = None,
-        redacts: str | None = None,
-    ) -> Event: ...
 
 
 class MembershipOutcome(Protocol):
@@ -138,7 +107,7 @@ class ClientContext:
     users: UserStore
     accounts: Accounts
     auth: TokenAuth
-    engine: Engine
+    engine: RoomEngine
     joiner: Joiner
     notifier: WaitForEvents
     federation: FederationQueries
