@@ -54,6 +54,10 @@ class Joiner(Protocol):
         self, room_id: str, user_id: str, *, servers: Sequence[str] = ()
     ) -> MembershipOutcome: ...
 
+    async def wait_for_full_state(self, room_id: str, timeout: float) -> bool:
+        """True once a partial-state room has its full state (False: not in time)."""
+        ...
+
 
 class WaitForEvents(Protocol):
     """``Notifier.wait_for_events``."""

@@ -387,7 +387,13 @@ class JoinCoordinator:
                 current = dict(assembled.state)
                 current[(MEMBER, user_id)] = join.event_id
             persisted = await self._store.persist_events(
-                room_id, items, current_state=current, partial_state=partial
+                room_id,
+                items,
+                current_state=current,
+                partial_state=partial,
+                # Until the resync, our events go to these servers too: the
+                # partial state does not say where the omitted members are.
+                partial_state_servers=(server, *response.servers_in_room) if partial else (),
             )
         report(JoinProgress("persist", 1, 1))
         log.info(
@@ -477,6 +483,39 @@ class JoinCoordinator:
     def stop(self) -> None:
         """Stop background work (partial-state resyncs); call before the store closes."""
         self.resync.stop()
+
+    async def wait_for_full_state(self, room_id: str, timeout: float) -> bool:
+        """Wait until ``room_id`` has its full state, for at most ``timeout`` seconds.
+
+        Readers that must not present a partial member list (the client
+        API's ``/members``) call this first, as Synapse does.
+
+        Returns:
+            True when the room is not (or no longer) in partial state; False
+            when the resync is still running after ``timeout``, or is not
+            running at all (it gave up; resumed at the next start-up).
+        """
+        info = await self._store.get_room(room_id)
+        if info is None or not info.partial_state:
+            return True
+        running = self.resync.finished(room_id)
+        if running is None:
+            return False
+        waited: Deferred[None] = Deferred()
+
+        def fire(_: object) -> None:
+            if not waited.called:
+                waited.callback(None)
+
+        running.addBoth(fire)
+        timer = self._clock.callLater(timeout, fire, None)
+        try:
+            await waited
+        finally:
+            if timer.active():
+                timer.cancel()
+        info = await self._store.get_room(room_id)
+        return info is not None and not info.partial_state
 
     async def resume_partial_state_rooms(self) -> Collection[str]:
         """Restart the background resync of every room still in partial state.

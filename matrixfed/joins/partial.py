@@ -132,6 +132,7 @@ class PartialStateResync:
                 log.warn("partial-state room {room_id} has no join of ours", room_id=room_id)
                 continue
             servers = sorted(await self._store.get_joined_servers(room_id))
+            servers += sorted(await self._store.get_partial_state_servers(room_id))
             room_server = domain_of(room_id)
             if room_server:
                 servers.append(room_server)

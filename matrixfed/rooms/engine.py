@@ -683,13 +683,16 @@ class RoomEngine:
         """Hand ``event`` to the sender for every other server in the room.
 
         Destinations: servers joined before or after the event, plus the
-        target's server of a membership event about a remote user, minus us
-        and ``exclude``. A sender failure is logged, never raised: the event
-        is already committed.
+        target's server of a membership event about a remote user, plus, in
+        a partial-state room, the servers the send_join answer named (the
+        partial state omits most members, so it does not say where they
+        are), minus us and ``exclude``. A sender failure is logged, never
+        raised: the event is already committed.
         """
         if self.sender is None:
             return
         servers = set(servers_before)
+        servers |= await self.store.get_partial_state_servers(event.room_id)
         if event.type == "m.room.member":
             # Only a membership change can change who is in the room.
             servers |= await self.joined_servers(event.room_id)

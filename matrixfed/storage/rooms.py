@@ -137,6 +137,24 @@ class RoomStoreMixin(StoreBase):
 
         return await self.db.run_interaction("get_partial_state_room_ids", txn_fn)
 
+    async def get_partial_state_servers(self, room_id: str) -> set[str]:
+        """The servers the send_join answer said are in a partial-state room.
+
+        Empty unless the room is flagged partial-state (rows left by an older
+        join are never read). ``persist_events(partial_state=...)`` writes them.
+        """
+
+        def txn_fn(txn: Transaction) -> set[str]:
+            txn.execute(
+                "SELECT p.server_name FROM partial_state_servers p"
+                " JOIN rooms r ON r.room_id = p.room_id"
+                " WHERE p.room_id = ? AND r.partial_state = 1",
+                (room_id,),
+            )
+            return {r[0] for r in txn.fetchall()}
+
+        return await self.db.run_interaction("get_partial_state_servers", txn_fn)
+
     # --- aliases --------------------------------------------------------------
 
     async def create_alias(
