@@ -713,10 +713,17 @@ class RoomEngine:
     # --- remote events (matrixfed.rooms.inbound) -----------------------------
 
     async def receive_pdu(
-        self, origin: str, pdu: Any, *, room_version: RoomVersion | None = None
+        self,
+        origin: str,
+        pdu: Any,
+        *,
+        room_version: RoomVersion | None = None,
+        checked: Event | Exception | None = None,
     ) -> Event:
         """Take in one PDU from ``/send`` (see ``InboundPdus.receive_pdu``)."""
-        return await self.inbound.receive_pdu(origin, pdu, room_version=room_version)
+        return await self.inbound.receive_pdu(
+            origin, pdu, room_version=room_version, checked=checked
+        )
 
     async def receive_membership_event(
         self,

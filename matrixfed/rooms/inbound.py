@@ -115,6 +115,16 @@ def _state_after(before: Mapping[tuple[str, str], str], event: Event) -> StateMa
     return after
 
 
+def _checked_event(result: Event | Exception) -> tuple[Event, str | None]:
+    """A ``check_pdus`` result as (event, rejection reason), or raise its error:
+    a rejectable size error gives the event to store as rejected."""
+    if isinstance(result, EventSizeError) and result.rejectable and result.event is not None:
+        return result.event, f"too large: {result}"
+    if isinstance(result, Exception):
+        raise result
+    return result, None
+
+
 class InboundPdus:
     """The receive side of the room engine (module docstring)."""
 
@@ -148,11 +158,7 @@ class InboundPdus:
 
     async def _check_one(self, pdu: Any, rv: RoomVersion) -> tuple[Event, str | None]:
         (result,) = await self.check_pdus([pdu], rv)
-        if isinstance(result, EventSizeError) and result.rejectable and result.event is not None:
-            return result.event, f"too large: {result}"
-        if isinstance(result, Exception):
-            raise result
-        return result, None
+        return _checked_event(result)
 
     async def _auth_events_reason(
         self, event: Event, rejected: Container[str] | None = None
@@ -483,9 +489,18 @@ class InboundPdus:
     # --- receive_pdu ---------------------------------------------------------
 
     async def receive_pdu(
-        self, origin: str, pdu: Any, *, room_version: RoomVersion | None = None
+        self,
+        origin: str,
+        pdu: Any,
+        *,
+        room_version: RoomVersion | None = None,
+        checked: Event | Exception | None = None,
     ) -> Event:
         """Check and store one PDU received from ``origin``.
+
+        ``checked`` is this PDU's result from ``check_pdus`` in
+        ``room_version`` when the caller checked a whole batch at once (a
+        ``/send`` transaction); without it the PDU is checked here.
 
         Returns:
             The event (accepted or soft-failed; a PDU we already had returns
@@ -509,7 +524,10 @@ class InboundPdus:
         rv = room_version or stored_rv
         if not joined:
             raise MatrixError(403, "M_FORBIDDEN", f"{self._engine.server_name} is not in {room_id}")
-        event, reason = await self._check_one(pdu, rv)
+        if checked is None:
+            event, reason = await self._check_one(pdu, rv)
+        else:
+            event, reason = _checked_event(checked)
         if event.room_id != room_id:
             raise InvalidEventError("room_id does not match")
         async with self._engine.room_lock(room_id):

@@ -27,7 +27,7 @@ database failure while saving the answer is a 500 and the origin retries.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -41,6 +41,7 @@ from matrixfed.errors import (
     bad_json,
 )
 from matrixfed.events.hashing import compute_event_id
+from matrixfed.events.model import Event
 from matrixfed.events.room_versions import (
     DEFAULT_ROOM_VERSION,
     RoomVersion,
@@ -202,7 +203,16 @@ class TransactionHandler:
                     results[event_id] = {"error": f"unknown room {room_id}"}
             return
         allowed = await server_allowed_in_room(self._engine.store, room_id, origin)
-        for pdu in pdus:
+        checked: Sequence[Event | Exception | None] = [None] * len(pdus)
+        if allowed:
+            # Format, signatures and hashes of the room's PDUs in one batch (one
+            # key fetch; check_pdus verifies back to back). On any trouble each
+            # PDU is simply checked on its own, as before.
+            try:
+                checked = await self._engine.inbound.check_pdus(pdus, rv)
+            except Exception:
+                log.failure("checking {n} PDUs of {room_id}", n=len(pdus), room_id=room_id)
+        for pdu, result in zip(pdus, checked, strict=True):
             event_id = _guess_event_id(pdu, rv)
             if event_id is None:
                 log.info("dropped a PDU from {origin} without an event ID", origin=origin)
@@ -210,13 +220,18 @@ class TransactionHandler:
             if not allowed:
                 results[event_id] = {"error": f"{origin} is denied by the room's server ACL"}
                 continue
-            results[event_id] = await self._process_one(origin, pdu, rv, event_id)
+            results[event_id] = await self._process_one(origin, pdu, rv, event_id, result)
 
     async def _process_one(
-        self, origin: str, pdu: Any, rv: RoomVersion, event_id: str
+        self,
+        origin: str,
+        pdu: Any,
+        rv: RoomVersion,
+        event_id: str,
+        checked: Event | Exception | None = None,
     ) -> dict[str, str]:
         try:
-            await self._engine.receive_pdu(origin, pdu, room_version=rv)
+            await self._engine.receive_pdu(origin, pdu, room_version=rv, checked=checked)
         except (InvalidEventError, SignatureError, AuthError) as e:
             return {"error": f"{type(e).__name__}: {e}"}
         except MatrixError as e:

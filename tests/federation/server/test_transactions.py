@@ -141,6 +141,60 @@ class TransactionTestsMixin(DatabaseMixin):
         other = await self._send(restarted, "retry-me", [], origin="c.example")
         self.assertEqual(other, {"pdus": {}})
 
+    async def test_pdus_of_a_room_are_checked_in_one_batch(self) -> None:
+        engine, store, room_id, handler = await self._setup()
+        one = await remote_event(
+            engine, room_id, type="m.room.message", sender=BOB, content={"body": "one"}
+        )
+        two = await remote_event(
+            engine, room_id, type="m.room.message", sender=BOB, content={"body": "two"},
+            prev_events=[one],
+        )  # fmt: skip
+        bad = await remote_event(
+            engine, room_id, type="m.room.message", sender=BOB, content={"body": "bad"},
+            ts_offset=1,
+        )  # fmt: skip
+        forged = copy.deepcopy(bad.pdu)
+        forged["signatures"]["b.example"]["ed25519:k1"] = "C" * 86
+        batches: list[int] = []
+        original = engine.inbound.check_pdus
+
+        async def counting(pdus: Any, *a: Any, **kw: Any) -> Any:
+            batches.append(len(pdus))
+            return await original(pdus, *a, **kw)
+
+        self.patch(engine.inbound, "check_pdus", counting)
+        answer = await self._send(handler, "batch", [one.pdu, two.pdu, forged])
+        self.assertEqual(batches, [3])  # once for the transaction, not per PDU
+        self.assertEqual(answer["pdus"][one.event_id], {})
+        self.assertEqual(answer["pdus"][two.event_id], {})
+        self.assertEqual(len(answer["pdus"]), 3)
+        self.assertIn("SignatureError", answer["pdus"][bad.event_id]["error"])
+        self.assertEqual(
+            await store.have_events([one.event_id, two.event_id]), {one.event_id, two.event_id}
+        )
+
+    async def test_pdus_checked_one_by_one_when_the_batch_fails(self) -> None:
+        engine, store, room_id, handler = await self._setup()
+        one = await remote_event(
+            engine, room_id, type="m.room.message", sender=BOB, content={"body": "one"}
+        )
+        original = engine.inbound.check_pdus
+        calls: list[int] = []
+
+        async def failing_batch(pdus: Any, *a: Any, **kw: Any) -> Any:
+            calls.append(len(pdus))
+            if len(calls) == 1:
+                raise RuntimeError("key server trouble")
+            return await original(pdus, *a, **kw)
+
+        self.patch(engine.inbound, "check_pdus", failing_batch)
+        answer = await self._send(handler, "fallback", [one.pdu])
+        self.assertEqual(answer["pdus"], {one.event_id: {}})
+        self.assertEqual(calls, [1, 1])
+        self.assertEqual(await store.have_events([one.event_id]), {one.event_id})
+        self.flushLoggedErrors(RuntimeError)
+
     async def test_concurrent_duplicate_waits_for_first(self) -> None:
         engine, store, room_id, handler = await self._setup()
         msg = await remote_event(
