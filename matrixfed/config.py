@@ -26,6 +26,7 @@ import yaml
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
 
+from matrixfed.events.identifiers import is_valid_server_name
 from matrixfed.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
 
 __all__ = [
@@ -61,12 +62,6 @@ DEFAULT_DATA_DIR = "./matrixfed-data"
 DEFAULT_CLIENT_LISTEN = "tcp:8008:interface=127.0.0.1"
 DEFAULT_FEDERATION_PORT = 8448
 
-# Appendices "Server Name": hostname [":" port]; hostname is an IPv4 literal, a
-# bracketed IPv6 literal, or a DNS name of letters, digits, "-" and ".".
-_SERVER_NAME_RE = re.compile(
-    r"(?P<host>\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.\-]{1,255})(?::(?P<port>[0-9]{1,5}))?",
-    re.ASCII,
-)
 _DURATION_RE = re.compile(r"(?P<n>[0-9]+)\s*(?P<unit>ms|s|m|h|d|w|y)?", re.ASCII)
 _DURATION_UNITS_MS = {
     None: 1,
@@ -100,16 +95,19 @@ def split_server_name(name: str) -> tuple[str, int | None]:
     Raises:
         ValueError: the name is not a valid server name.
     """
-    m = _SERVER_NAME_RE.fullmatch(name)
-    if m is None:
+    if not is_valid_server_name(name):
         raise ValueError(f"{name!r} is not a valid server name (hostname[:port])")
-    host = m.group("host")
+    # The grammar allows ":" only inside IPv6 brackets and before the port, and
+    # the port is digits only: a name ending in "]" or without ":" has no port.
+    port_s: str | None = None
+    host = name
+    if not name.endswith("]") and ":" in name:
+        host, _, port_s = name.rpartition(":")
     if host.startswith("["):
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
             raise ValueError(f"{name!r} has an invalid IPv6 literal") from None
-    port_s = m.group("port")
     port = int(port_s) if port_s is not None else None
     if port is not None and not 0 < port < 65536:
         raise ValueError(f"{name!r} has a port outside 1-65535")
@@ -212,11 +210,11 @@ def option(
     )
 
 
-def _check_server_name(_inst: object, _attr: object, value: str) -> None:
+def _check_server_name(label: str, value: str) -> None:
     try:
         split_server_name(value)
     except ValueError as e:
-        raise ConfigError(f"--server-name: {e}") from None
+        raise ConfigError(f"{label}: {e}") from None
 
 
 @attrs.frozen(slots=True)
@@ -334,12 +332,9 @@ class Config:
     )
 
     def __attrs_post_init__(self) -> None:
-        _check_server_name(self, None, self.server_name)
+        _check_server_name("--server-name", self.server_name)
         for name in self.trusted_key_servers:
-            try:
-                split_server_name(name)
-            except ValueError as e:
-                raise ConfigError(f"--trusted-key-server: {e}") from None
+            _check_server_name("--trusted-key-server", name)
         if not MIN_KEY_VALIDITY_MS <= self.key_validity_period <= MAX_KEY_VALIDITY_MS:
             raise ConfigError(
                 f"--key-validity-period: {self.key_validity_period} ms is outside 1h..7d"
