@@ -459,11 +459,22 @@ class Config:
         return cls.load(values, config_file=config_file)
 
 
-def _cli_label(field: attrs.Attribute[Any]) -> str:
-    name = field.metadata.get("cli") or field.name.replace("_", "-")
+def _cli_name(field: attrs.Attribute[Any]) -> str:
+    """The field's command-line name without "--" and without a "no-" prefix."""
+    name: str = field.metadata.get("cli") or field.name.replace("_", "-")
+    return name
+
+
+def _option_name(field: attrs.Attribute[Any]) -> str:
+    """The name twistd parses: the flag of a field defaulting to True is "no-NAME"."""
+    name = _cli_name(field)
     if field.metadata["kind"] == "flag" and field.default is True:
-        name = "no-" + name
-    return "--" + name
+        return "no-" + name
+    return name
+
+
+def _cli_label(field: attrs.Attribute[Any]) -> str:
+    return "--" + _option_name(field)
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -506,16 +517,14 @@ def _build_options_class() -> type[usage.Options]:
     list_fields: list[str] = []
     for field in attrs.fields(Config):
         meta = field.metadata
-        cli = meta.get("cli") or field.name.replace("_", "-")
         if meta["kind"] == "flag":
-            flag = ("no-" + cli) if field.default is True else cli
-            flags.append([flag, None, meta["help"]])
+            flags.append([_option_name(field), None, meta["help"]])
         elif meta["kind"] == "list":
             list_fields.append(field.name)
-
-            methods["opt_" + cli.replace("-", "_")] = _list_appender(field.name, meta["help"])
+            opt = "opt_" + _cli_name(field).replace("-", "_")
+            methods[opt] = _list_appender(field.name, meta["help"])
         else:
-            params.append([cli, None, None, meta["help"]])
+            params.append([_option_name(field), None, None, meta["help"]])
 
     def __init__(self: usage.Options) -> None:
         usage.Options.__init__(self)  # type: ignore[no-untyped-call]
@@ -526,16 +535,14 @@ def _build_options_class() -> type[usage.Options]:
         # Normalise to field names; absent flags and empty lists mean "not given"
         # so the YAML file can supply them.
         for field in attrs.fields(Config):
-            meta = field.metadata
-            cli = meta.get("cli") or field.name.replace("_", "-")
-            if meta["kind"] == "flag":
-                flag = ("no-" + cli) if field.default is True else cli
-                given = bool(self[flag])
+            kind = field.metadata["kind"]
+            if kind == "flag":
+                given = bool(self[_option_name(field)])
                 self[field.name] = (not field.default) if given else None
-            elif meta["kind"] == "list":
+            elif kind == "list":
                 self[field.name] = self[field.name] or None
             else:
-                self[field.name] = self[cli]
+                self[field.name] = self[_option_name(field)]
 
     def parseOptions(self: usage.Options, options: Any = None) -> None:
         try:
