@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import quote, urlencode
 
 import attrs
@@ -74,6 +74,7 @@ __all__ = [
     "MAX_SEND_JOIN_RESPONSE_SIZE",
     "FederationClient",
     "QueryArgs",
+    "RequestOptions",
     "SystemDNSResolver",
     "build_federation_client",
     "federation_path",
@@ -102,6 +103,21 @@ MAX_PERSISTENT_PER_DESTINATION = 4
 _SCHEME = "matrix-federation"
 
 QueryArgs = Mapping[str, str | Sequence[str]]
+
+
+class RequestOptions(TypedDict, total=False):
+    """The keyword-only options every request method takes.
+
+    Attributes:
+        timeout: seconds for the whole call (default: the client's).
+        ignore_backoff: try even if the destination is in backoff (default False).
+        max_size: the largest acceptable response body in bytes (default: the
+            client's).
+    """
+
+    timeout: float | None
+    ignore_backoff: bool
+    max_size: int | None
 
 
 def federation_path(template: str, *segments: str) -> str:
@@ -291,10 +307,7 @@ class FederationClient:
         destination: str,
         path: str,
         args: QueryArgs | None = None,
-        *,
-        timeout: float | None = None,
-        ignore_backoff: bool = False,
-        max_size: int | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Any:
         """Signed GET; returns the parsed JSON answer.
 
@@ -302,34 +315,26 @@ class FederationClient:
             destination: the server name to ask.
             path: the percent-encoded request path (see ``federation_path``).
             args: query parameters; a list value repeats the parameter.
-            timeout: seconds for the whole call.
-            ignore_backoff: try even if the destination is in backoff.
-            max_size: the largest acceptable response body in bytes.
+            options: keyword-only ``timeout``, ``ignore_backoff`` and
+                ``max_size`` (see ``RequestOptions``).
 
         Raises:
             RemoteError: the call failed (see the module docstring).
         """
-        return await self._request(
-            "GET", destination, path, args, None, timeout, ignore_backoff, max_size, sign=True
-        )
+        return await self._request("GET", destination, path, args, None, sign=True, **options)
 
     async def get_json_unsigned(
         self,
         destination: str,
         path: str,
         args: QueryArgs | None = None,
-        *,
-        timeout: float | None = None,
-        ignore_backoff: bool = False,
-        max_size: int | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Any:
         """GET without an Authorization header (for ``/_matrix/key/v2/server``).
 
         Same arguments and errors as ``get_json``.
         """
-        return await self._request(
-            "GET", destination, path, args, None, timeout, ignore_backoff, max_size, sign=False
-        )
+        return await self._request("GET", destination, path, args, None, sign=False, **options)
 
     async def put_json(
         self,
@@ -337,15 +342,10 @@ class FederationClient:
         path: str,
         data: Any,
         args: QueryArgs | None = None,
-        *,
-        timeout: float | None = None,
-        ignore_backoff: bool = False,
-        max_size: int | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Any:
         """Signed PUT of the JSON value ``data``; see ``get_json``."""
-        return await self._request(
-            "PUT", destination, path, args, data, timeout, ignore_backoff, max_size, sign=True
-        )
+        return await self._request("PUT", destination, path, args, data, sign=True, **options)
 
     async def post_json(
         self,
@@ -353,15 +353,10 @@ class FederationClient:
         path: str,
         data: Any,
         args: QueryArgs | None = None,
-        *,
-        timeout: float | None = None,
-        ignore_backoff: bool = False,
-        max_size: int | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Any:
         """Signed POST of the JSON value ``data``; see ``get_json``."""
-        return await self._request(
-            "POST", destination, path, args, data, timeout, ignore_backoff, max_size, sign=True
-        )
+        return await self._request("POST", destination, path, args, data, sign=True, **options)
 
     # -- the request --------------------------------------------------------
 
@@ -372,11 +367,11 @@ class FederationClient:
         path: str,
         args: QueryArgs | None,
         data: Any,
-        timeout: float | None,
-        ignore_backoff: bool,
-        max_size: int | None,
         *,
         sign: bool,
+        timeout: float | None = None,
+        ignore_backoff: bool = False,
+        max_size: int | None = None,
     ) -> Any:
         if not path.startswith("/") or "?" in path or "#" in path or not path.isascii():
             raise ValueError(f"path must be an encoded absolute path without query: {path!r}")
