@@ -9,12 +9,13 @@ its own type (``RoomEngine``): only the real one is ever passed.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 import attrs
 
 from matrixfed.clientapi.accounts import Accounts
 from matrixfed.clientapi.common import TokenAuth
+from matrixfed.federation.client import RequestOptions
 from matrixfed.rooms.engine import RoomEngine
 from matrixfed.storage.store import Store
 from matrixfed.storage.users import UserStore
@@ -80,10 +81,7 @@ class FederationQueries(Protocol):
         destination: str,
         path: str,
         args: Mapping[str, Any] | None = None,
-        *,
-        timeout: float | None = None,
-        ignore_backoff: bool = False,
-        max_size: int | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Any: ...
 
 

@@ -30,7 +30,7 @@ the signature). Store errors propagate.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from signedjson.key import decode_verify_key_bytes, get_verify_key
 from signedjson.sign import SignatureVerifyException, verify_signed_json
@@ -41,6 +41,7 @@ from unpaddedbase64 import decode_base64
 
 from matrixfed.errors import RemoteError
 from matrixfed.events.keys import ServerVerifyKey
+from matrixfed.federation.client import QueryArgs, RequestOptions
 from matrixfed.keys.signing_key import ServerSigningKeys
 from matrixfed.storage.keys_store import FetchedKeyResponse, StoredKey, StoredKeyResponse
 
@@ -73,11 +74,8 @@ class KeyFetchClient(Protocol):
         self,
         destination: str,
         path: str,
-        args: Mapping[str, str | Sequence[str]] | None = None,
-        *,
-        timeout: float | None = None,
-        ignore_backoff: bool = False,
-        max_size: int | None = None,
+        args: QueryArgs | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Any: ...
 
     async def post_json(
@@ -85,11 +83,8 @@ class KeyFetchClient(Protocol):
         destination: str,
         path: str,
         data: Any,
-        args: Mapping[str, str | Sequence[str]] | None = None,
-        *,
-        timeout: float | None = None,
-        ignore_backoff: bool = False,
-        max_size: int | None = None,
+        args: QueryArgs | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Any: ...
 
 
