@@ -206,9 +206,11 @@ def validate_pdu_with_size(
 
     if rules.strict:
         # Members checked above hold only strings and in-range integers.
-        for key in pdu.keys() - _TYPED_MEMBERS:
+        for key, value in pdu.items():
+            if key in _TYPED_MEMBERS:
+                continue
             try:
-                _walk_strict_value(pdu[key])
+                _walk_strict_value(value)
             except _NotStrict as e:
                 e.path.append(str(key))
                 where = ".".join(reversed(e.path))
