@@ -14,13 +14,13 @@ step) or raises:
 
 It gives the same answers as calling ``validate_pdu``, ``Event(...)``,
 ``verify_event_signatures`` and ``check_hash_or_redact`` in turn, but
-encodes the PDU twice instead of five times: once without
-hashes/signatures/unsigned (content hash, and the whole-PDU size by adding the
-small remaining members), and once more only the content, to cut the signed
+encodes the PDU once instead of five times: its hashed part (no
+hashes/signatures/unsigned) for the content hash; the small left-out members,
+for the whole-PDU size; and the few content keys redaction keeps. The signed
 bytes (the redacted form: reference hash, hence the event ID, and what every
-signature covers) out of the first text (``_signing_json_from``). PDUs of an
-unusual shape have their redacted form encoded whole, as the step-by-step
-functions do.
+signature covers) are cut out of the hashed part's text
+(``_signing_json_from``). PDUs of an unusual shape have their redacted form
+encoded whole, as the step-by-step functions do.
 
 ``check_pdus`` does a list and returns one result per PDU. It prepares
 every PDU first and then verifies all signatures back to back, which keeps
