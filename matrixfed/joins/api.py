@@ -145,6 +145,12 @@ class RoomEngineLike(Protocol):
         """The per-room lock every append of the room holds."""
         ...
 
+    async def auth_state_for(
+        self, event: Event, state_ids: Mapping[tuple[str, str], str]
+    ) -> dict[tuple[str, str], Event]:
+        """The auth-relevant events of ``state_ids`` for ``event`` (create included)."""
+        ...
+
     @property
     def notifier(self) -> NotifierLike: ...
 

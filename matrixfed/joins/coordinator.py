@@ -26,15 +26,22 @@ the room is usable once the partial state is in; the members are fetched in
 the background by ``PartialStateResync`` (``partial.py``). If the partial
 answer is unusable the same server is asked again for the full state.
 
-Why full joins are the default: until the resync completes the room's
-current state lacks most members, and the rest of the server reads it as
-complete: the engine sends our new events only to the servers of the members
-it knows (``get_joined_servers``), so the servers whose members were omitted
-miss them; the client API lists partial memberships; and events received
-meanwhile skip the state checks and are not checked again after the resync.
-A full join costs about 0.4 ms of CPU per event here (bench/bench_join.py:
-10,000 members, about 4 CPU-seconds), a price worth paying for a room that is
-right from the first event. Operators who join huge rooms can opt in.
+While the room is partial: the engine also sends our events to the send_join
+answer's ``servers_in_room`` (stored with the join, dropped by the resync), so
+the servers whose members were omitted get them; the client API's member
+lists wait for the resync (``wait_for_full_state``); events received
+meanwhile are checked against their auth events only and checked again
+against the full state when the resync completes (``partial.py``).
+
+Why full joins are still the default: the state groups of our join and of
+the events received while partial are never rewritten, so answers built from
+them later (``/state_ids`` at those events for other servers) stay partial;
+/sync does not deliver the members the resync adds (they are outliers); the
+re-check does not soft-fail or re-resolve forks; and ``servers_in_room`` is
+taken on the resident's word (it may name servers outside the room). A full
+join costs about 0.4 ms of CPU per event here (bench/bench_join.py: 10,000
+members, about 4 CPU-seconds), a price worth paying for a room that is right
+from the first event. Operators who join huge rooms can opt in.
 
 ``leave(room_id, user_id, servers=...)``: a local leave event when the server
 is in the room; otherwise (rejecting a remote invite, retracting a knock) the

@@ -12,24 +12,39 @@ fetches them and makes the room whole:
 3. the same checks as the join (``EventVerifier``: one key batch, threaded
    signature/hash checks, auth against their auth events, which may be
    events stored by the join);
-4. one transaction: the new events as outliers, the current state = the full
+4. under the room lock: every event received from other servers since our
+   join (they were checked against their auth events only) is checked again
+   against the full state before it (the full state before our join
+   overlaid with its stored, partial-derived state before it); the ones the
+   auth rules refuse are flagged rejected (``Store.reject_events``, one
+   transaction; leaves them out of the forward extremities);
+5. one transaction: the new events as outliers, the current state = the full
    state before the join overlaid with every entry that changed since the
-   join (our join, events received while partial), and the partial-state
-   flag cleared.
+   join (our join, events received while partial) minus the rejected ones,
+   the partial-state flag cleared and the ``partial_state_servers`` rows
+   (the send_join answer's servers_in_room, also sent our events while
+   partial) deleted.
+
+Steps 4 and 5 are two transactions: a crash in between leaves the room
+partial, the resync runs again at start-up, and the re-check finds the same
+events (already rejected ones are skipped).
 
 Servers are tried in turn; a round that fails everywhere is retried after
 ``RESYNC_RETRY_SECONDS``, up to ``RESYNC_MAX_ATTEMPTS`` rounds, after which
 the room stays partial (logged; resumed at the next start-up). Entries of the
 answer pointing at events that fail the checks are left out, as in a join.
 
-Known limit: the state group *before* our join stays the partial one (the
-store has no way to rewrite an event's state); the room's current state and
-its memberships are complete after the resync.
+Known limits: the state group *before* our join, and the state groups of
+events received while partial, stay the partial ones (the store has no way
+to rewrite an event's state); the room's current state and its memberships
+are complete after the resync. The re-check takes the stored state before
+each event as right where it has an entry (a fork resolved against the
+partial state is not resolved again), and does not soft-fail.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import (
@@ -43,8 +58,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from matrixfed.auth.rules import check_auth
 from matrixfed.auth.selection import CREATE_KEY
-from matrixfed.errors import RemoteError
+from matrixfed.errors import AuthError, RemoteError
 from matrixfed.events.identifiers import domain_of
 from matrixfed.events.model import Event
 from matrixfed.joins.api import (
@@ -244,11 +260,13 @@ class PartialStateResync:
             for eid, ev in new.items()
         ]
         async with self._engine.room_lock(room_id):
+            reasons, replaced = await self._recheck(room_id, join_event_id, full_before)
             current = await self._store.get_current_state_ids(room_id)
             reconciled = dict(full_before)
-            for key, eid in current.items():
+            for key, eid in _without_rejected(current, replaced).items():
                 if partial_before.get(key) != eid:
                     reconciled[key] = eid  # changed since our join: newer than the snapshot
+            await self._store.reject_events(room_id, reasons)
             persisted = await self._store.persist_events(
                 room_id, items, current_state=reconciled, partial_state=False
             )
@@ -256,12 +274,50 @@ class PartialStateResync:
         if ordering is not None:
             self._engine.notifier.on_new_events(room_id, ordering)
         log.info(
-            "resync {room_id}: full state ({n} entries, {new} new events) in {seconds:.2f}s",
+            "resync {room_id}: full state ({n} entries, {new} new events, {rejected} events"
+            " received meanwhile rejected) in {seconds:.2f}s",
             room_id=room_id,
             n=len(reconciled),
             new=len(new),
+            rejected=len(reasons),
             seconds=self._clock.seconds() - started,
         )
+
+    async def _recheck(
+        self, room_id: str, join_event_id: str, full_before_join: dict[StateKey, str]
+    ) -> tuple[dict[str, str], dict[str, str | None]]:
+        """Auth-check the remote events received since our join against full state.
+
+        Returns:
+            (event_id -> rejection reason, rejected state event_id -> the
+            entry its key has without it: the value in the full state before
+            it, or None).
+        """
+        ids = await self._store.get_events_received_after(room_id, join_event_id)
+        events = await self._store.get_events(ids)
+        reasons: dict[str, str] = {}
+        replaced: dict[str, str | None] = {}
+        for eid in ids:
+            event = events.get(eid)
+            if event is None or domain_of(event.sender) == self._server_name:
+                continue  # ours were checked against the state we had, and sent
+            stored = await self._store.get_state_before(eid) or {}
+            full = dict(full_before_join)
+            full.update(_without_rejected(stored, replaced))
+            try:
+                check_auth(event, await self._engine.auth_state_for(event, full))
+            except AuthError as e:
+                reasons[eid] = f"refused by the full state: {e}"
+                if event.is_state():
+                    replaced[eid] = full.get(event.state_tuple)
+                log.info(
+                    "resync {room_id}: {event_id} from {sender} fails the full state: {e}",
+                    room_id=room_id,
+                    event_id=eid,
+                    sender=event.sender,
+                    e=e,
+                )
+        return reasons, replaced
 
     async def _fetch(
         self, server: str, room_id: str, join_event_id: str, missing: list[str]
@@ -292,6 +348,20 @@ class PartialStateResync:
             error = e.subFailure.value
             raise (error if error is not None else e) from None
         return fetched
+
+
+def _without_rejected(
+    state: Mapping[StateKey, str], replaced: Mapping[str, str | None]
+) -> dict[StateKey, str]:
+    """``state`` with every rejected entry replaced by what it overwrote."""
+    out: dict[StateKey, str] = {}
+    for key, eid in state.items():
+        value: str | None = eid
+        while value is not None and value in replaced:
+            value = replaced[value]
+        if value is not None:
+            out[key] = value
+    return out
 
 
 def _id_list(value: Any) -> list[str] | None:

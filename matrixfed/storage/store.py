@@ -10,6 +10,7 @@ guarantees.
 from __future__ import annotations
 
 from matrixfed.storage.events import EventsStoreMixin
+from matrixfed.storage.partial_state import PartialStateStoreMixin
 from matrixfed.storage.persist import PersistEventsMixin
 from matrixfed.storage.profiles import ProfileStoreMixin
 from matrixfed.storage.rooms import RoomStoreMixin
@@ -17,6 +18,11 @@ from matrixfed.storage.state import StateStoreMixin
 
 
 class Store(
-    PersistEventsMixin, EventsStoreMixin, StateStoreMixin, RoomStoreMixin, ProfileStoreMixin
+    PersistEventsMixin,
+    EventsStoreMixin,
+    StateStoreMixin,
+    RoomStoreMixin,
+    ProfileStoreMixin,
+    PartialStateStoreMixin,
 ):
     """``Store(db=..., clock=...)``; call ``await db.start()`` before using it."""

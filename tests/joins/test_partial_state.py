@@ -121,6 +121,69 @@ class PartialStateJoinTests(unittest.TestCase):
         self.assertIn("retry_after_ms", body)
         held.release()
 
+    async def test_events_received_while_partial_are_rechecked_after_the_resync(self) -> None:
+        """A message from a user who had left, citing their old join as auth
+        event, passes the partial-state checks and is rejected after the resync."""
+        a, b, c, room_id, carol = await self._room_with_a_member_on_c()
+        dave = a.user("dave")
+        dave_join = await a.engine.send_event(
+            room_id,
+            type="m.room.member",
+            sender=dave,
+            state_key=dave,
+            content={"membership": "join"},
+        )
+        await a.engine.send_event(
+            room_id,
+            type="m.room.member",
+            sender=dave,
+            state_key=dave,
+            content={"membership": "leave"},
+        )
+        held = HeldResync(b)
+        bob = b.user("bob")
+        result = await b.joiner.join(room_id, bob, servers=[a.name])
+        await eventually(lambda: bool(held.asked), "the resync starts")
+
+        state = await a.store.get_current_state_ids(room_id)
+        rv = await a.store.get_room_version(room_id)
+        forged = a.engine.sign(
+            {
+                "room_id": room_id,
+                "type": "m.room.message",
+                "sender": dave,
+                "content": {"body": "I left, yet here I am"},
+                "prev_events": [result.event_id],
+                "auth_events": [
+                    state[("m.room.create", "")],
+                    state[("m.room.power_levels", "")],
+                    dave_join.event_id,
+                ],
+                "depth": 1000,
+                "origin_server_ts": 1_700_000_000_000,
+            },
+            rv,
+        )
+        honest = await a.engine.send_event(
+            room_id, type="m.room.message", sender=a.user("alice"), content={"body": "hi"}
+        )
+        await eventually(lambda: _has(b, honest.event_id), "A's message reaches B")
+        await b.engine.receive_pdu(a.name, dict(forged.pdu))
+        # Partial state: B knows nothing of dave's leave, the auth events decide.
+        self.assertTrue(await _has(b, forged.event_id))
+
+        finished = b.joiner.resync.finished(room_id)
+        held.release()
+        self.assertTrue(await finished)
+        self.assertIn(forged.event_id, await b.store.get_rejected([forged.event_id]))
+        self.assertTrue(await _has(b, honest.event_id))
+        self.assertNotIn(forged.event_id, await b.store.get_forward_extremities(room_id))
+        later = await b.engine.send_event(
+            room_id, type="m.room.message", sender=bob, content={"body": "after"}
+        )
+        self.assertNotIn(forged.event_id, later.prev_event_ids)
+        await eventually(lambda: _has(a, later.event_id), "B's next message reaches A")
+
 
 async def _has(server: ServerHandle, event_id: str) -> bool:
     """``server`` stored ``event_id`` and accepted it."""
