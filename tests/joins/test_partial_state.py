@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
+from matrixfed.joins.partial import _without_rejected
 from tests.clientapi.test_federation import call, register
 from tests.harness.servers import ServerHandle, TestNetwork, eventually, reactor
 
@@ -45,6 +46,8 @@ class HeldResync:
 
 class PartialStateJoinTests(unittest.TestCase):
     timeout = 60
+    # B (the joining server) on PostgreSQL (subclass below).
+    postgres = False
 
     async def _room_with_a_member_on_c(
         self,
@@ -52,7 +55,9 @@ class PartialStateJoinTests(unittest.TestCase):
         net = TestNetwork(self)
         a = await net.start_server()
         c = await net.start_server()
-        b = await net.start_server(join_partial_state=True, enable_registration=True)
+        b = await net.start_server(
+            postgres=self.postgres, join_partial_state=True, enable_registration=True
+        )
         alice, carol = a.user("alice"), c.user("carol")
         # A named room has no heroes: the partial state keeps no member but ours.
         room_id = await a.engine.create_room(
@@ -183,6 +188,20 @@ class PartialStateJoinTests(unittest.TestCase):
         )
         self.assertNotIn(forged.event_id, later.prev_event_ids)
         await eventually(lambda: _has(a, later.event_id), "B's next message reaches A")
+
+
+class PartialStateJoinPostgresTests(PartialStateJoinTests):
+    postgres = True
+
+
+class WithoutRejectedTests(unittest.TestCase):
+    def test_rejected_entries_fall_back_to_what_they_overwrote(self) -> None:
+        state = {("t", "a"): "$r2", ("t", "b"): "$ok", ("t", "c"): "$r3"}
+        # $r2 overwrote $r1, itself rejected over $good; $r3 created its key.
+        replaced: dict[str, str | None] = {"$r2": "$r1", "$r1": "$good", "$r3": None}
+        self.assertEqual(
+            _without_rejected(state, replaced), {("t", "a"): "$good", ("t", "b"): "$ok"}
+        )
 
 
 async def _has(server: ServerHandle, event_id: str) -> bool:
