@@ -19,7 +19,6 @@ from matrixfed.clientapi.context import (
     ClientContext,
     FederationQueries,
     Joiner,
-    WaitForEvents,
 )
 from matrixfed.clientapi.directory import DirectoryServlets
 from matrixfed.clientapi.events import EventServlets
@@ -28,6 +27,7 @@ from matrixfed.clientapi.rooms import RoomServlets
 from matrixfed.clientapi.sync import SyncServlets
 from matrixfed.federation.server.endpoint import Endpoint
 from matrixfed.rooms.engine import RoomEngine
+from matrixfed.rooms.notifier import Notifier
 from matrixfed.storage.store import Store
 from matrixfed.storage.users import UserStore
 
@@ -44,7 +44,7 @@ class ClientApi:
         store: Store,
         engine: RoomEngine,
         joiner: Joiner,
-        notifier: WaitForEvents,
+        notifier: Notifier,
         federation: FederationQueries,
         clock: Any,
         enable_registration: bool = False,

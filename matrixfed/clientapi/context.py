@@ -2,13 +2,14 @@
 
 Handlers talk to the join coordinator, the notifier and the federation client
 through these Protocols, so unit tests can drive them with the real store and
-a real engine while the network side is scripted. The room engine is used as
-its own type (``RoomEngine``): only the real one is ever passed.
+a real engine while the network side is scripted. The room engine and the
+notifier are used as their own types (``RoomEngine``, ``Notifier``): only the
+real ones are ever passed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, Unpack
 
 import attrs
@@ -17,6 +18,7 @@ from matrixfed.clientapi.accounts import Accounts
 from matrixfed.clientapi.common import TokenAuth
 from matrixfed.federation.client import RequestOptions
 from matrixfed.rooms.engine import RoomEngine
+from matrixfed.rooms.notifier import Notifier
 from matrixfed.storage.store import Store
 from matrixfed.storage.users import UserStore
 
@@ -25,7 +27,6 @@ __all__ = [
     "FederationQueries",
     "Joiner",
     "MembershipOutcome",
-    "WaitForEvents",
 ]
 
 
@@ -58,19 +59,6 @@ class Joiner(Protocol):
     async def wait_for_full_state(self, room_id: str, timeout: float) -> bool:
         """True once a partial-state room has its full state (False: not in time)."""
         ...
-
-
-class WaitForEvents(Protocol):
-    """``Notifier.wait_for_events``."""
-
-    async def wait_for_events(
-        self,
-        room_ids: Collection[str] | None,
-        from_ordering: int,
-        timeout_ms: int,
-        *,
-        user_id: str | None = None,
-    ) -> int: ...
 
 
 class FederationQueries(Protocol):
@@ -111,7 +99,7 @@ class ClientContext:
     auth: TokenAuth
     engine: RoomEngine
     joiner: Joiner
-    notifier: WaitForEvents
+    notifier: Notifier
     federation: FederationQueries
     clock: Any
     backfill: Callable[[str, int], Any] | None = None
