@@ -222,7 +222,7 @@ def parse_server_name(server_name: str) -> tuple[str, int | None]:
             raise ValueError(f"Unterminated IPv6 literal in {server_name!r}")
         host = server_name[1:end]
         rest = server_name[end + 1 :]
-        if not _IPV6_CHARS_RE.match(host):
+        if not _IPV6_CHARS_RE.fullmatch(host):
             raise ValueError(f"Invalid IPv6 literal in {server_name!r}")
         try:
             ipaddress.IPv6Address(host)
@@ -231,16 +231,16 @@ def parse_server_name(server_name: str) -> tuple[str, int | None]:
     else:
         host, sep, port_s = server_name.partition(":")
         rest = sep + port_s
-        if _IPV4_RE.match(host):
+        if _IPV4_RE.fullmatch(host):
             try:
                 ipaddress.IPv4Address(host)
             except ValueError:
                 raise ValueError(f"Invalid IPv4 literal in {server_name!r}") from None
-        elif not _DNS_NAME_RE.match(host):
+        elif not _DNS_NAME_RE.fullmatch(host):
             raise ValueError(f"Invalid hostname in server name {server_name!r}")
     if not rest:
         return host, None
-    if not rest.startswith(":") or not _PORT_RE.match(rest[1:]):
+    if not rest.startswith(":") or not _PORT_RE.fullmatch(rest[1:]):
         raise ValueError(f"Invalid port in server name {server_name!r}")
     port = int(rest[1:])
     if not 0 < port < 65536:

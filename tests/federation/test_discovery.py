@@ -488,6 +488,12 @@ class InvalidNameTests(DiscoveryTestCase):
         self.assertEqual(parse_server_name("[1234:5678::abcd]"), ("1234:5678::abcd", None))
         self.assertEqual(parse_server_name("[1234:5678::abcd]:5678"), ("1234:5678::abcd", 5678))
 
+    def test_parse_server_name_refuses_trailing_newline(self) -> None:
+        # A "$" anchor would let a trailing newline through into Host headers.
+        for bad in ("example.org\n", "example.org:8448\n", "1.2.3.4\n", "[::1]\n", "[::1\n]"):
+            with self.assertRaises(ValueError, msg=repr(bad)):
+                parse_server_name(bad)
+
 
 class AddressLookupTests(DiscoveryTestCase):
     def lookup(self, host: str) -> list[str]:
