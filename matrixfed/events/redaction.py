@@ -108,8 +108,3 @@ def redact(pdu: dict[str, Any], room_version: RoomVersion) -> dict[str, Any]:
     kept = redacted_content(pdu.get("type"), content, room_version)
     out["content"] = dict(content) if kept is None else kept
     return out
-
-
-def top_level_keys(room_version: RoomVersion) -> frozenset[str]:
-    """The top-level keys the redacted form of an event keeps in ``room_version``."""
-    return _TOP_LEVEL_V11 if room_version.v11_top_level_keys else _TOP_LEVEL_V1
