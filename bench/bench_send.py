@@ -175,8 +175,9 @@ async def run(reactor: Any, members: int, messages: int, forks: int, profile: bo
         f"{k} {v / messages:.1f}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])
     )
     print(f"database transactions per message PDU: {per_pdu:.1f} ({top})")
-    busy = ", ".join(f"{k} {v / messages * 1000:.2f}" for k, v in sorted(spent.items(),
-                                                                        key=lambda kv: -kv[1]))
+    busy = ", ".join(
+        f"{k} {v / messages * 1000:.2f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1])
+    )
     print(f"database thread ms per message PDU: {busy}")
     db.close()
 
