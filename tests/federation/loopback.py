@@ -38,7 +38,9 @@ class Reply:
 Handler = Callable[[Recorded], "Reply | None"]
 
 
-class _TrackingChannel(HTTPChannel):
+class TrackingChannel(HTTPChannel):
+    """Keeps its factory's ``channels`` set current, so servers can close open connections."""
+
     lost: Deferred[None]
 
     def connectionMade(self) -> None:
@@ -99,7 +101,7 @@ class LoopbackServer:
         self.hanging: list[Request] = []
         self.handler: Handler = lambda r: Reply()
         self.site = Site(_Resource(self), timeout=None)
-        self.site.protocol = _TrackingChannel  # type: ignore[assignment]
+        self.site.protocol = TrackingChannel  # type: ignore[assignment]
         self.site.channels = set()  # type: ignore[attr-defined]
         self.port: Any = None
 

@@ -48,7 +48,6 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.ssl import PrivateCertificate
 from twisted.logger import Logger
 from twisted.trial import unittest
-from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -64,6 +63,7 @@ from matrixfed.federation.xmatrix import (
 )
 from tests.auth.roombuilder import RoomBuilder, signing_key_for
 from tests.federation.fakes import FakeDNS, TestCA
+from tests.federation.loopback import TrackingChannel
 
 reactor: Any = _reactor
 log = Logger()
@@ -160,20 +160,6 @@ def _compile(template: str) -> re.Pattern[str]:
     return re.compile(regex + "$")
 
 
-class _Channel(HTTPChannel):
-    lost: Deferred[None]
-
-    def connectionMade(self) -> None:
-        self.lost = Deferred()
-        self.factory.channels.add(self)  # type: ignore[attr-defined]
-        super().connectionMade()
-
-    def connectionLost(self, reason: Any) -> None:
-        super().connectionLost(reason)
-        self.factory.channels.discard(self)  # type: ignore[attr-defined]
-        self.lost.callback(None)
-
-
 class _Root(Resource):
     isLeaf = True
 
@@ -194,7 +180,7 @@ class FakeRemote:
         cert_pem, key_pem = ca.issue("127.0.0.1")
         self._tls_options = PrivateCertificate.loadPEM(key_pem + cert_pem).options()
         self.site = Site(_Root(self), timeout=None)
-        self.site.protocol = _Channel  # type: ignore[assignment]
+        self.site.protocol = TrackingChannel  # type: ignore[assignment]
         self.site.channels = set()  # type: ignore[attr-defined]
         self.port: Any = None
         self.server_name = ""
