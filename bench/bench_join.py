@@ -176,6 +176,15 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _workers_cpu_s(svc: Any) -> float:
+    """CPU seconds so far of the service's event-checking worker processes."""
+    pool = svc.verify_pool
+    executor = None if pool is None else pool._executor
+    if executor is None:
+        return 0.0
+    return sum(_proc_cpu_s(pid) for pid in list(executor._processes))
+
+
 async def run_join(reactor: Any, resident: str, room_id: str, partial: bool) -> None:
     from matrixfed.joins import JoinProgress
     from matrixfed.service import make_service
@@ -210,12 +219,14 @@ async def run_join(reactor: Any, resident: str, room_id: str, partial: bool) -> 
 
         rss_before = _rss_mb()
         cpu_before = _cpu_s()
+        workers_before = _workers_cpu_s(svc)
         started = time.perf_counter()
         result = await coordinator.join(
             room_id, f"@bob:{name}", servers=[resident], progress=progress
         )
         total = time.perf_counter() - started
         cpu = _cpu_s() - cpu_before
+        workers_cpu = _workers_cpu_s(svc) - workers_before
         resync_s = 0.0
         finished = coordinator.resync.finished(room_id)
         if finished is not None:
@@ -240,6 +251,8 @@ async def run_join(reactor: Any, resident: str, room_id: str, partial: bool) -> 
                     "persist_s": last["persist"] - first["persist"],
                     "ingest_s": ingest,
                     "cpu_s": cpu,
+                    # CPU seconds of the worker processes that checked events.
+                    "workers_cpu_s": workers_cpu,
                     # CPU seconds of this process (all threads) per stage.
                     "verify_cpu_s": last_cpu["verify"] - first_cpu["verify"],
                     "auth_cpu_s": last_cpu["auth"] - first_cpu["auth"],
@@ -372,7 +385,7 @@ def main() -> None:
         f"{'members':>8} {'events':>7} {'join s':>7} {'resident s':>10} {'ingest s':>8}"
         f" {'verify s':>8} {'auth s':>7} {'persist s':>9} {'ev/s':>8} {'cpu s':>6}"
         f" {'peak MB':>8} {'growth MB':>9} {'KB/ev':>6}"
-        f" | CPU s: {'resident':>8} {'verify':>6} {'auth':>5} {'persist':>7}"
+        f" | CPU s: {'resident':>8} {'verify':>6} {'workers':>7} {'auth':>5} {'persist':>7}"
     )
     wall_us, cpu_us = _ed25519_speed()
     print(
@@ -390,6 +403,7 @@ def main() -> None:
             f" {r['persist_s']:>9.2f} {rate:>8.0f} {r['cpu_s']:>6.2f} {r['rss_peak_mb']:>8.1f}"
             f" {growth:>9.1f} {growth * 1024 / max(r['events'], 1):>6.2f}"
             f" |        {r['resident_cpu_s']:>8.2f} {r['verify_cpu_s']:>6.2f}"
+            f" {r['workers_cpu_s']:>7.2f}"
             f" {r['auth_cpu_s']:>5.2f} {r['persist_cpu_s']:>7.2f}",
             flush=True,
         )

@@ -172,6 +172,16 @@ def _as_size(value: object) -> int:
     raise ValueError(f"{value!r} is not a size in bytes (e.g. 10485760, 10M)")
 
 
+def _as_optional_count(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise ValueError(f"{value!r} is not a count (0, 1, 2, ...)")
+
+
 def _as_str_tuple(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
@@ -322,6 +332,12 @@ class Config:
         help="Secret for Synapse-style shared-secret registration at "
         "/_synapse/admin/v1/register (register_new_matrix_user)",
         parse=_as_optional_str,
+    )
+    join_verify_processes: int | None = option(
+        None,
+        help="Worker processes that check the events of a big remote join "
+        "(default: one per CPU; 0: threads only)",
+        parse=_as_optional_count,
     )
     join_partial_state: bool = option(
         False,

@@ -59,6 +59,7 @@ from matrixfed.federation.server.resource import JsonResource, make_site
 from matrixfed.federation.server.transactions import TransactionHandler
 from matrixfed.federation.server.version import version_endpoints
 from matrixfed.joins import FederationJoinClient, JoinCoordinator, PoolRunner
+from matrixfed.joins.procpool import ProcessCheckPool
 from matrixfed.keys.keyring import KeyRing
 from matrixfed.keys.signing_key import ServerSigningKeys, load_server_signing_keys
 from matrixfed.rooms.engine import RoomEngine
@@ -182,6 +183,8 @@ class MatrixfedService(MultiService):
         self.transactions: TransactionHandler | None = None
         # Remote joins and leaves (set by make_service).
         self.join_coordinator: JoinCoordinator | None = None
+        # Worker processes checking big joins' events (None: threads only).
+        self.verify_pool: ProcessCheckPool | None = None
         self.joiner: JoinCoordinator | None = None
         self.notifier = notifier
         self.on_fatal: Callable[[str], None] | None = None
@@ -252,6 +255,9 @@ class MatrixfedService(MultiService):
 
     async def _start(self) -> None:
         await self.database.start()
+        if self.verify_pool is not None:
+            # Started now, in the background: the first big join does not wait.
+            self.verify_pool.start()
         if self.sender is not None:
             await self.sender.start()
         if self.join_coordinator is not None:
@@ -283,6 +289,8 @@ class MatrixfedService(MultiService):
             await self.sender.stop()
         if self.join_coordinator is not None:
             self.join_coordinator.stop()
+        if self.verify_pool is not None:
+            self.verify_pool.stop()
         stops = [
             Deferred.fromCoroutine(_stop_port(listener.port))
             for listener in self._listeners
@@ -470,6 +478,10 @@ def make_service(config: Config, *, reactor: Any = None) -> MatrixfedService:
             )
         )
     # Remote joins and leaves (matrixfed.joins); the client API uses it as ``joiner``.
+    processes = config.join_verify_processes
+    if processes is None:
+        processes = os.cpu_count() or 1
+    svc.verify_pool = ProcessCheckPool(reactor=reactor, processes=processes) if processes else None
     svc.join_coordinator = JoinCoordinator(
         store=store,
         engine=engine,
@@ -481,6 +493,7 @@ def make_service(config: Config, *, reactor: Any = None) -> MatrixfedService:
         runner=PoolRunner(reactor=reactor, threadpool=reactor.getThreadPool()),
         partial_state=config.join_partial_state,
         verify_workers=os.cpu_count() or 2,
+        process_pool=svc.verify_pool,
     )
     svc.joiner = svc.join_coordinator
     # The client-server API (matrixfed.clientapi): users, rooms, sync.

@@ -81,6 +81,7 @@ class OptionsTests(unittest.TestCase):
                 "--key-validity-period=2h",
                 "--default-room-version=10",
                 "--max-request-body-size=1M",
+                "--join-verify-processes=3",
             ]
         )
         self.assertEqual(config.federation_listen_endpoint, "tcp:0:interface=127.0.0.1")
@@ -93,6 +94,7 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(config.key_validity_period, 7_200_000)
         self.assertEqual(config.default_room_version, "10")
         self.assertEqual(config.max_request_body_size, 1024 * 1024)
+        self.assertEqual(config.join_verify_processes, 3)
         self.assertFalse(config.uses_generated_tls)
 
     def test_listeners_can_be_disabled(self) -> None:
@@ -129,6 +131,8 @@ class OptionsTests(unittest.TestCase):
             ("--database", "mysql://x"): "--database",
             ("--max-request-body-size", "lots"): "--max-request-body-size",
             ("--tls-certificate", "/x.pem"): "--tls-certificate",
+            ("--join-verify-processes", "-1"): "--join-verify-processes",
+            ("--join-verify-processes", "two"): "--join-verify-processes",
         }
         for (opt, value), label in cases.items():
             args = ["--server-name", "a.example", opt, value]

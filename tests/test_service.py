@@ -74,6 +74,24 @@ class SingleServerTests(ServiceTestCase):
         self.assertEqual(code, 200)
         self.assertEqual(verify_key_response(second, config.server_name), key_before)
 
+    async def test_join_worker_processes_start_and_stop_with_the_service(self) -> None:
+        svc = await self.start(self.config(join_verify_processes=2))
+        pool = svc.verify_pool
+        assert pool is not None
+        self.assertEqual(pool.processes, 2)
+        executor = pool._executor
+        assert executor is not None
+        workers = [executor._processes[pid] for pid in list(executor._processes)]  # type: ignore[attr-defined]
+        self.assertEqual(len(workers), 2)
+        await svc.stopService()
+        self.assertIsNone(pool._executor)
+        for worker in workers:
+            worker.join(10)
+            self.assertFalse(worker.is_alive())
+        # 0: no worker processes, the join checks events on threads.
+        threads_only = await self.start(self.config(join_verify_processes=0))
+        self.assertIsNone(threads_only.verify_pool)
+
     async def test_client_listener_answers_unrecognized(self) -> None:
         svc = await self.start(self.config())
         port = svc.listening_port("client")

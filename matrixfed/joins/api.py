@@ -42,6 +42,10 @@ VERIFY_CHUNK_SIZE = 1000
 # Smallest chunk when a batch is split for the workers: below this the
 # hand-off to the pool costs more than the parallelism brings.
 MIN_VERIFY_CHUNK = 100
+# Batches of at least this many PDUs are checked in worker processes (when
+# the server has them): below it, a thread finishes before the hand-off of
+# the PDUs to another process pays for itself.
+PROCESS_POOL_MIN_EVENTS = 1000
 # Progress lines in the log: at most one per this many verified events.
 PROGRESS_LOG_EVERY = 5000
 # Missing state events fetched one by one with /event up to this many; more

@@ -75,6 +75,7 @@ from matrixfed.joins.api import (
     ThreadRunner,
 )
 from matrixfed.joins.partial import PartialStateResync
+from matrixfed.joins.procpool import ProcessCheckPool
 from matrixfed.joins.template import build_membership_event, room_version_of_template
 from matrixfed.joins.verify import (
     AssembledJoin,
@@ -112,6 +113,7 @@ class JoinCoordinator:
         partial_state: bool = False,
         verify_workers: int = 2,
         verify_chunk_size: int = VERIFY_CHUNK_SIZE,
+        process_pool: ProcessCheckPool | None = None,
     ) -> None:
         """Create the coordinator.
 
@@ -129,6 +131,8 @@ class JoinCoordinator:
                 default: see the module docstring).
             verify_workers: chunks verified at once (the CPU count).
             verify_chunk_size: PDUs per thread-pool job.
+            process_pool: worker processes checking big batches (started
+                and stopped by the caller); None: threads only.
         """
         self._store = store
         self._engine = engine
@@ -139,7 +143,11 @@ class JoinCoordinator:
         self._versions = tuple(supported_room_versions)
         self._partial_state = partial_state
         self._verifier = EventVerifier(
-            keyring=keyring, runner=runner, workers=verify_workers, chunk_size=verify_chunk_size
+            keyring=keyring,
+            runner=runner,
+            workers=verify_workers,
+            chunk_size=verify_chunk_size,
+            process_pool=process_pool,
         )
         self._joining: dict[str, list[Deferred[None]]] = {}
         self.resync = PartialStateResync(

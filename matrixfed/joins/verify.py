@@ -6,9 +6,11 @@ PDU" steps 1-4 over a whole batch, fast:
 1. every signing key the batch needs is fetched in ONE ``get_keys_batch``
    call (the keyring goes to notaries for origins it cannot reach);
 2. format, signatures and content hashes are checked by
-   ``events.checks.check_pdus`` in chunks on a thread pool (PyNaCl releases
-   the GIL) while the reactor keeps serving; a bad format or signature drops
-   the event, a hash mismatch keeps its redacted form;
+   ``events.checks.check_pdus`` in chunks while the reactor keeps serving:
+   in worker processes for big batches (``procpool.py``: every core, no
+   GIL), on the thread pool otherwise; a bad format or signature drops the
+   event, a hash mismatch keeps its redacted form. The stored JSON text of
+   each event is made there too, off the persist's path;
 3. the auth rules are applied to each event against its own auth events in
    topological order of the auth DAG (``authorise_events``, pure): an event
    citing an unknown or rejected auth event, or failing the rules, is
@@ -33,13 +35,14 @@ from twisted.logger import Logger
 from matrixfed.auth.rules import AUTHORISING_USER, check_auth, check_auth_events_refs
 from matrixfed.auth.selection import CREATE_KEY
 from matrixfed.errors import AuthError, EventSizeError, InvalidEventError, SignatureError
-from matrixfed.events.checks import check_pdus
 from matrixfed.events.hashing import room_id_from_create_event_id
 from matrixfed.events.model import Event
 from matrixfed.events.room_versions import RoomVersion
 from matrixfed.events.signing import needed_keys_for_pdus
+from matrixfed.events.verdicts import check_and_encode
 from matrixfed.joins.api import (
     MIN_VERIFY_CHUNK,
+    PROCESS_POOL_MIN_EVENTS,
     PROGRESS_LOG_EVERY,
     VERIFY_CHUNK_SIZE,
     AttemptError,
@@ -47,8 +50,8 @@ from matrixfed.joins.api import (
     KeyBatchFetcher,
     ThreadRunner,
 )
+from matrixfed.joins.procpool import ProcessCheckPool, ProcessPoolUnavailable
 from matrixfed.joins.template import ROOM_VERSION_IF_MISSING, same_event_but_signatures
-from matrixfed.storage.persist import encode_pdu
 
 log = Logger()
 
@@ -67,8 +70,9 @@ class VerifiedBatch:
         dropped: event ID (or a description) -> why it was dropped.
         key_servers: how many servers' keys were asked for.
         ids: for each input PDU, in order, its event ID (None if dropped).
-        encoded: event ID -> ``encode_pdu`` of the kept form, computed on the
-            verify threads so the persist does not have to.
+        encoded: event ID -> stored JSON text of the kept form, made where
+            it was checked (worker processes, threads) so the persist does
+            not have to.
     """
 
     events: dict[str, Event]
@@ -89,6 +93,8 @@ class EventVerifier:
         runner: ThreadRunner,
         workers: int = 2,
         chunk_size: int = VERIFY_CHUNK_SIZE,
+        process_pool: ProcessCheckPool | None = None,
+        process_pool_min_events: int = PROCESS_POOL_MIN_EVENTS,
     ) -> None:
         """Create the verifier.
 
@@ -97,11 +103,15 @@ class EventVerifier:
             runner: runs pure functions on a thread pool.
             workers: chunks verified at the same time (the CPU count).
             chunk_size: PDUs per thread-pool job.
+            process_pool: worker processes for batches of at least
+                ``process_pool_min_events`` PDUs; None: threads only.
         """
         self._keyring = keyring
         self._runner = runner
         self._workers = max(1, workers)
         self._chunk_size = max(1, chunk_size)
+        self._pool = process_pool
+        self._pool_min = process_pool_min_events
 
     async def verify(
         self,
@@ -213,8 +223,10 @@ class EventVerifier:
     ) -> tuple[list[Any], list[str | None]]:
         """(check_pdus result, encode_pdu of the kept event or None) per PDU."""
         total = len(pdus)
+        pool = self._pool if total >= self._pool_min else None
+        workers = self._workers if pool is None else pool.processes
         # Enough chunks to keep every worker busy to the end, none tiny.
-        size = min(self._chunk_size, max(MIN_VERIFY_CHUNK, -(-total // (self._workers * 4))))
+        size = min(self._chunk_size, max(MIN_VERIFY_CHUNK, -(-total // (workers * 4))))
         starts = list(range(0, total, size))
         results: list[Any] = [None] * total
         texts: list[str | None] = [None] * total
@@ -223,13 +235,29 @@ class EventVerifier:
         last_logged = 0
         report(JoinProgress("verify", 0, total))
 
+        async def check(chunk: Sequence[Any]) -> tuple[list[Any], list[str | None]]:
+            nonlocal pool
+            if pool is not None:
+                try:
+                    return await pool.check_chunk(chunk, room_version, keys)
+                except ProcessPoolUnavailable as e:
+                    log.warn(
+                        "join {room_id}: checking on threads instead of worker processes: {e}",
+                        room_id=room_id,
+                        e=e,
+                    )
+                    pool = None
+            result: tuple[list[Any], list[str | None]] = await self._runner.run(
+                check_and_encode, chunk, room_version, keys
+            )
+            return result
+
         async def worker() -> None:
             nonlocal next_index, done, last_logged
             while next_index < len(starts):
                 start = starts[next_index]
                 next_index += 1
-                chunk = pdus[start : start + size]
-                out, out_texts = await self._runner.run(_check_chunk, chunk, room_version, keys)
+                out, out_texts = await check(pdus[start : start + size])
                 results[start : start + len(out)] = out
                 texts[start : start + len(out)] = out_texts
                 done += len(out)
@@ -243,29 +271,15 @@ class EventVerifier:
                         total=total,
                     )
 
+        # With worker processes, one chunk more than there are workers in
+        # flight, so none idles while the next chunk is handed over.
+        in_flight = workers if pool is None else workers + 1
         await gatherResults(
-            [Deferred.fromCoroutine(worker()) for _ in range(min(self._workers, len(starts)))],
+            [Deferred.fromCoroutine(worker()) for _ in range(min(in_flight, len(starts)))],
             consumeErrors=True,
         )
         log.info("join {room_id}: verified {total} events", room_id=room_id, total=total)
         return results, texts
-
-
-def _check_chunk(
-    chunk: Sequence[Any], room_version: RoomVersion, keys: Any
-) -> tuple[list[Any], list[str | None]]:
-    # The storage encoding is done here too: these threads run while the
-    # other verifies signatures (the GIL is free then), the persist runs alone.
-    results = check_pdus(chunk, room_version, keys, backfilled=True)
-    texts: list[str | None] = []
-    for result in results:
-        if isinstance(result, Event):
-            texts.append(encode_pdu(result.pdu))
-        elif isinstance(result, EventSizeError) and result.rejectable:
-            texts.append(encode_pdu(result.event.pdu))
-        else:
-            texts.append(None)
-    return results, texts
 
 
 def _ignore(progress: JoinProgress) -> None:
