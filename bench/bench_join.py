@@ -217,6 +217,9 @@ async def run_join(reactor: Any, resident: str, room_id: str, partial: bool) -> 
             last_cpu[p.stage] = cpu_now
             counts[p.stage] = max(counts.get(p.stage, 0), p.total)
 
+        if svc.verify_pool is not None:
+            # A server that has been up for a second has its workers running.
+            await svc.verify_pool.ready()
         rss_before = _rss_mb()
         cpu_before = _cpu_s()
         workers_before = _workers_cpu_s(svc)

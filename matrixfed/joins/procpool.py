@@ -14,7 +14,10 @@ them, so only the PDUs travel out and only strings travel back.
 Workers come from a ``forkserver`` (a clean process that has imported the
 checking code once; forking the reactor's own process, with its threads and
 sockets, is unsafe) and are started by ``start()`` so a join never waits for
-them. Whatever goes wrong with the pool (a worker killed, the pool unusable)
+them. As with every ``spawn``/``forkserver`` pool, a worker imports the
+program's main module under another name: a program embedding matrixfed
+must guard its start-up code with ``if __name__ == "__main__"`` (``twistd``
+and ``trial`` do), or pass ``--join-verify-processes 0``. Whatever goes wrong with the pool (a worker killed, the pool unusable)
 makes ``check_chunk`` raise ``ProcessPoolUnavailable``; the verifier then
 checks that chunk on its threads instead and the pool is rebuilt for the
 next join, so a broken pool costs speed, never a join.
@@ -62,6 +65,7 @@ class ProcessCheckPool:
         self._reactor = reactor
         self._processes = max(1, processes)
         self._executor: ProcessPoolExecutor | None = None
+        self._warming: list[Future[Any]] = []
 
     @property
     def processes(self) -> int:
@@ -70,12 +74,25 @@ class ProcessCheckPool:
     def start(self) -> None:
         """Start the workers now, in the background, so no join waits for them."""
         executor = self._get_executor()
+        self._warming = []
         for _ in range(self._processes):
             try:
-                executor.submit(time.sleep, WARM_UP_HOLD_SECONDS)
+                self._warming.append(executor.submit(time.sleep, WARM_UP_HOLD_SECONDS))
             except Exception:
                 log.failure("cannot start the join's worker processes")
                 self._discard(executor)
+                return
+
+    async def ready(self) -> None:
+        """Wait until the workers ``start()`` launched are up (or failed to start).
+
+        Nothing needs to wait for this: a chunk submitted earlier waits in the
+        executor's queue. It is for measuring a join against warm workers.
+        """
+        for future in self._warming:
+            try:
+                await _deferred_from_future(self._reactor, future)
+            except Exception:
                 return
 
     def stop(self) -> None:
