@@ -17,15 +17,17 @@ Each join runs in its own process so that ``ru_maxrss`` is the peak of that
 join alone. Usage::
 
     /work/venv/bin/python bench/bench_join.py [--sizes 1000,10000,50000] [--version 11]
-        [--partial]
+        [--partial] [--threads]
 
 Printed per size: the whole join (make_join to joined), the time the
 resident took to answer send_join (building and sending the state: not ours),
 our ingestion (verification + auth + persist after the answer arrived), the
 rate of events verified and stored per second, the CPU seconds of the
-joining process, and its peak memory (and growth over the idle process). With
-``--partial`` the join asks for partial state; the time the background resync
-then takes to bring the full state is printed too.
+joining process and of its worker processes (which check the events), and
+its peak memory (and growth over the idle process). With ``--partial`` the
+join asks for partial state; the time the background resync then takes to
+bring the full state is printed too. ``--threads`` checks the events on
+threads instead of worker processes, for comparison.
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ def _workers_cpu_s(svc: Any) -> float:
     return sum(_proc_cpu_s(pid) for pid in list(executor._processes))
 
 
-async def run_join(reactor: Any, resident: str, room_id: str, partial: bool) -> None:
+async def run_join(reactor: Any, resident: str, room_id: str, partial: bool, threads: bool) -> None:
     from matrixfed.joins import JoinProgress
     from matrixfed.service import make_service
 
@@ -194,7 +196,14 @@ async def run_join(reactor: Any, resident: str, room_id: str, partial: bool) -> 
     name = f"127.0.0.1:{port}"
     try:
         svc = make_service(
-            _config(data_dir, name, port, join_partial_state=partial), reactor=reactor
+            _config(
+                data_dir,
+                name,
+                port,
+                join_partial_state=partial,
+                join_verify_processes=0 if threads else None,
+            ),
+            reactor=reactor,
         )
         svc.privilegedStartService()
         svc.startService()
@@ -319,7 +328,7 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_size(n: int, version: str, partial: bool) -> dict[str, Any]:
+def bench_size(n: int, version: str, partial: bool, threads: bool) -> dict[str, Any]:
     data_dir = tempfile.mkdtemp(prefix="bench-resident-")
     port = _free_port()
     name = f"127.0.0.1:{port}"
@@ -343,6 +352,8 @@ def bench_size(n: int, version: str, partial: bool) -> dict[str, Any]:
             args = [VENV_PYTHON, __file__, "--join", name, room_id]
             if partial:
                 args.append("--partial")
+            if threads:
+                args.append("--threads")
             resident_cpu = _proc_cpu_s(resident.pid)
             joined = subprocess.run(args, check=True, capture_output=True, text=True)
             result: dict[str, Any] = json.loads(joined.stdout.strip().splitlines()[-1])
@@ -362,6 +373,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,50000")
     parser.add_argument("--version", default="11")
     parser.add_argument("--partial", action="store_true", help="partial-state joins")
+    parser.add_argument(
+        "--threads", action="store_true", help="check events on threads, no worker processes"
+    )
     parser.add_argument("--prepare", nargs=4, metavar=("DIR", "NAME", "N", "VERSION"))
     parser.add_argument("--resident", nargs=3, metavar=("DIR", "NAME", "PORT"))
     parser.add_argument("--join", nargs=2, metavar=("RESIDENT", "ROOM_ID"))
@@ -381,7 +395,11 @@ def main() -> None:
         return
     if args.join:
         resident, room_id = args.join
-        task.react(lambda r: defer.ensureDeferred(run_join(r, resident, room_id, args.partial)))
+        task.react(
+            lambda r: defer.ensureDeferred(
+                run_join(r, resident, room_id, args.partial, args.threads)
+            )
+        )
         return
 
     print(
@@ -397,7 +415,7 @@ def main() -> None:
         " on an idle core of this machine type)"
     )
     for n in [int(s) for s in args.sizes.split(",")]:
-        r = bench_size(n, args.version, args.partial)
+        r = bench_size(n, args.version, args.partial, args.threads)
         growth = r["rss_peak_mb"] - r["rss_before_mb"]
         rate = r["events"] / r["ingest_s"] if r["ingest_s"] > 0 else float("nan")
         print(
