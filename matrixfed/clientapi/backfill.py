@@ -1,6 +1,7 @@
 """Fetch older room history from other servers for ``/messages`` (federation backfill).
 
-``Backfiller.backfill(room_id, limit)`` asks the room's other servers, one
+``Backfiller.backfill(room_id, limit)`` asks the room's other servers (for a
+room joined with partial state, also those its join's answer named), one
 after the other, for up to ``limit`` events before the room's backward
 extremities (``GET /_matrix/federation/v1/backfill``). The answer is checked
 like any received PDU (format, signatures, content hashes; one key batch), then
@@ -71,8 +72,12 @@ class Backfiller:
         rv = await self._store.get_room_version(room_id)
         if not extremities or rv is None:
             return 0
-        servers = sorted(await self._store.get_joined_servers(room_id) - {self._server_name})
-        for server in servers:
+        servers = await self._store.get_joined_servers(room_id)
+        # A partial-state room's members are mostly unknown yet: the servers
+        # its join's answer named (empty once the room has its full state).
+        servers |= await self._store.get_partial_state_servers(room_id)
+        servers.discard(self._server_name)
+        for server in sorted(servers):
             try:
                 stored = await self._from_server(server, room_id, rv, extremities, limit)
             except (RemoteError, InvalidEventError, MatrixError) as e:

@@ -12,8 +12,11 @@ response of a chain of syncs.
 - Incremental: only rooms with new events. A room is ``limited`` when more
   than ``limit`` events arrived; then, and for a room the user just joined,
   ``state`` holds the full state before the timeline, otherwise it is empty
-  (the timeline carries the state changes). Rooms left since ``since`` come
-  under ``leave`` with the events up to the leave.
+  (the timeline carries the state changes), except for changes of the
+  current state that no timeline event carries (the members a partial-state
+  join's background resync added, ``storage.state_deltas``): such a room
+  counts as changed and its ``state`` lists the entries that changed. Rooms
+  left since ``since`` come under ``leave`` with the events up to the leave.
 - ``timeout`` (ms): when nothing is new, wait on the notifier, which the room
   engine wakes on every commit, local or from federation; no polling.
 
@@ -25,7 +28,7 @@ data are always empty.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from matrixfed.clientapi.common import Requester, client_endpoints, format_client_event
@@ -35,6 +38,7 @@ from matrixfed.errors import MatrixError
 from matrixfed.events.model import Event
 from matrixfed.federation.server.endpoint import ApiRequest, Endpoint, JsonResponse
 from matrixfed.rooms.engine import STRIPPED_STATE_KEYS
+from matrixfed.storage.state_deltas import CurrentStateChange
 
 __all__ = ["SyncServlets"]
 
@@ -137,6 +141,11 @@ class SyncServlets:
         user_id = requester.user_id
         memberships = await store.get_rooms_for_user(user_id, ("join", "invite", "leave", "ban"))
         changed = {} if since is None else await store.get_rooms_changed_since(since)
+        # Current-state changes no timeline event carries (the members a
+        # partial-state join's resync added): the room changed too.
+        deltas = {} if since is None else await store.get_state_deltas(since, now)
+        for room_id, room_deltas in deltas.items():
+            changed.setdefault(room_id, room_deltas[-1].stream_ordering)
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
         leave: dict[str, Any] = {}
@@ -144,7 +153,7 @@ class SyncServlets:
             is_new = since is None or room_id in changed
             if membership == "join" and (is_new or full_state):
                 join[room_id] = await self._joined_room(
-                    requester, room_id, user_id, since, now, limit, full_state
+                    requester, room_id, user_id, since, now, limit, full_state, deltas.get(room_id)
                 )
             elif (
                 membership == "invite"
@@ -207,6 +216,23 @@ class SyncServlets:
         events = await store.get_events(state.values())
         return [events[e] for e in sorted(state.values()) if e in events]
 
+    async def _delta_state(
+        self, deltas: Sequence[CurrentStateChange], timeline: Sequence[Event]
+    ) -> list[Event]:
+        """The state events that current-state changes without a timeline event
+        (``storage.state_deltas``) brought since the token, for the ``state``
+        section. Keys the timeline sets are left to the timeline (newer)."""
+        store = self._ctx.store
+        first = deltas[0].from_group
+        old = {} if first is None else await store.get_state_ids_for_group(first)
+        new = await store.get_state_ids_for_group(deltas[-1].to_group)
+        in_timeline = {e.state_tuple for e in timeline if e.is_state()}
+        ids = sorted(
+            eid for key, eid in new.items() if old.get(key) != eid and key not in in_timeline
+        )
+        events = await store.get_events(ids)
+        return [events[e] for e in ids if e in events]
+
     async def _transaction_ids(self, requester: Requester, events: list[Event]) -> dict[str, str]:
         """event_id -> the client's transaction ID, for events this token sent."""
         own = [e.event_id for e in events if e.sender == requester.user_id]
@@ -223,6 +249,7 @@ class SyncServlets:
         now: int,
         limit: int,
         full_state: bool,
+        deltas: Sequence[CurrentStateChange] | None = None,
     ) -> dict[str, Any]:
         rows, limited = await self._timeline(room_id, since, now, limit)
         events = [e for _, e in rows]
@@ -238,6 +265,8 @@ class SyncServlets:
                 for e in await self._state_before(room_id, events[0] if events else None)
                 if e.event_id not in timeline_ids
             ]
+        elif deltas:
+            state = await self._delta_state(deltas, events)
         if rows:
             first_ordering, first = rows[0]
             prev_batch = topological_token(first.depth, first_ordering)

@@ -8,7 +8,7 @@ against the small interfaces below, so it is tested without HTTP:
   in ``matrixfed.joins.fedclient`` implements it over HTTPS.
 - ``KeyBatchFetcher``: ``KeyRing.get_keys_batch``.
 - ``RoomEngineLike``: the room engine (local appends, the per-room lock,
-  the notifier).
+  the notifier, auth state and state resolution for the resync).
 
 Errors: ``JoinFailed`` is a ``MatrixError`` that the client API renders as is;
 it carries one ``AttemptFailure`` per server tried. ``AttemptError`` is the
@@ -26,6 +26,7 @@ from twisted.internet.defer import DeferredLock
 from matrixfed.errors import MatrixError
 from matrixfed.events.keys import ServerVerifyKey
 from matrixfed.events.model import Event
+from matrixfed.events.room_versions import RoomVersion
 
 # --- limits and timeouts -----------------------------------------------------
 
@@ -153,6 +154,12 @@ class RoomEngineLike(Protocol):
         self, event: Event, state_ids: Mapping[tuple[str, str], str]
     ) -> dict[tuple[str, str], Event]:
         """The auth-relevant events of ``state_ids`` for ``event`` (create included)."""
+        ...
+
+    async def resolve_state(
+        self, rv: RoomVersion, sets: Sequence[Mapping[tuple[str, str], str]]
+    ) -> dict[tuple[str, str], str]:
+        """State resolution over ``sets`` (their events and auth chains are stored)."""
         ...
 
     @property

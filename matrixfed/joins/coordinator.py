@@ -21,27 +21,27 @@
    written in ONE ``persist_events`` transaction, under the engine's room
    lock; then the notifier is woken. A failed join stores nothing.
 
-Partial-state joins (``partial_state=True``, config ``--join-partial-state``):
-the room is usable once the partial state is in; the members are fetched in
-the background by ``PartialStateResync`` (``partial.py``). If the partial
-answer is unusable the same server is asked again for the full state.
+Partial-state joins (faster joins, MSC3706; config ``--join-partial-state``):
+``send_join`` asks for ``omit_members=true``; the room is usable once the partial state is in; the
+members are fetched in the background by ``PartialStateResync``
+(``partial.py``), which then recomputes the state at our join and every
+event stored since (rejecting or soft-failing those the full state refuses),
+stores it as new state groups, sets the current state and clears the
+partial flag in one transaction, and records the current-state change for
+/sync (``storage.state_deltas``). A full join is the fallback: a resident
+that ignores ``omit_members`` answers with the full state (a full join); a
+partial answer that is unusable (no ``servers_in_room``, state that does not
+authorise the join, ...) makes us ask the same server again for the full
+state.
 
 While the room is partial: the engine also sends our events to the send_join
-answer's ``servers_in_room`` (stored with the join, dropped by the resync), so
-the servers whose members were omitted get them; the client API's member
-lists wait for the resync (``wait_for_full_state``); events received
-meanwhile are checked against their auth events only and checked again
-against the full state when the resync completes (``partial.py``).
-
-Why full joins are still the default: the state groups of our join and of
-the events received while partial are never rewritten, so answers built from
-them later (``/state_ids`` at those events for other servers) stay partial;
-/sync does not deliver the members the resync adds (they are outliers); the
-re-check does not soft-fail or re-resolve forks; and ``servers_in_room`` is
-taken on the resident's word (it may name servers outside the room). A full
-join costs about 0.4 ms of CPU per event here (bench/bench_join.py: 10,000
-members, about 4 CPU-seconds), a price worth paying for a room that is right
-from the first event. Operators who join huge rooms can opt in.
+answer's ``servers_in_room`` (``partial_state_servers``: bounded, not
+trusted; stored with the join, dropped by the resync), so the servers whose
+members were omitted get them; backfill asks them too; the client API's
+member lists wait for the resync (``wait_for_full_state``); events received
+meanwhile are checked against their auth events only (the state checks wait
+for the resync); we answer no ``make_join``/``send_join`` and no
+``/state``/``/state_ids`` for the room.
 
 ``leave(room_id, user_id, servers=...)``: a local leave event when the server
 is in the room; otherwise (rejecting a remote invite, retracting a knock) the
@@ -74,7 +74,7 @@ from matrixfed.joins.api import (
     RoomEngineLike,
     ThreadRunner,
 )
-from matrixfed.joins.partial import PartialStateResync
+from matrixfed.joins.partial import PartialStateResync, partial_state_servers
 from matrixfed.joins.procpool import ProcessCheckPool
 from matrixfed.joins.template import build_membership_event, room_version_of_template
 from matrixfed.joins.verify import (
@@ -127,8 +127,8 @@ class JoinCoordinator:
             signing_key: our signing key.
             runner: runs CPU-heavy pure functions on a thread pool.
             supported_room_versions: the ``ver`` values of make_join.
-            partial_state: ask residents for partial-state joins (off by
-                default: see the module docstring).
+            partial_state: ask residents for partial-state joins (the
+                module docstring).
             verify_workers: chunks verified at once (the CPU count).
             verify_chunk_size: PDUs per thread-pool job.
             process_pool: worker processes checking big batches (started
@@ -392,6 +392,11 @@ class JoinCoordinator:
         ]
         items.append(EventWithContext(join, state_before=assembled.state))
         report(JoinProgress("persist", 0, 1))
+        servers = (
+            partial_state_servers(server, response.servers_in_room, self._server_name)
+            if partial
+            else []
+        )
         async with self._engine.room_lock(room_id):
             current: dict[tuple[str, str], str] | None = None
             if await self._store.get_room(room_id) is not None:
@@ -408,7 +413,7 @@ class JoinCoordinator:
                 partial_state=partial,
                 # Until the resync, our events go to these servers too: the
                 # partial state does not say where the omitted members are.
-                partial_state_servers=(server, *response.servers_in_room) if partial else (),
+                partial_state_servers=servers,
             )
         report(JoinProgress("persist", 1, 1))
         log.info(
@@ -422,8 +427,7 @@ class JoinCoordinator:
             self._engine.notifier.on_new_events(room_id, ordering)
             self._engine.notifier.on_user_event(user_id, ordering)
         if partial:
-            servers = [s for s in (server, *response.servers_in_room) if s != self._server_name]
-            self.resync.start(room_id, join.event_id, list(dict.fromkeys(servers)))
+            self.resync.start(room_id, join.event_id, servers)
         return JoinResult(room_id, join.event_id, server, partial_state=partial)
 
     # --- leave -----------------------------------------------------------------

@@ -12,41 +12,49 @@ fetches them and makes the room whole:
 3. the same checks as the join (``EventVerifier``: one key batch, threaded
    signature/hash checks, auth against their auth events, which may be
    events stored by the join);
-4. under the room lock: every event received from other servers since our
-   join (they were checked against their auth events only) is checked again
-   against the full state before it (the full state before our join
-   overlaid with its stored, partial-derived state before it); the ones the
-   auth rules refuse are flagged rejected (``Store.reject_events``, one
-   transaction; leaves them out of the forward extremities);
-5. one transaction: the new events as outliers, the current state = the full
-   state before the join overlaid with every entry that changed since the
-   join (our join, events received while partial) minus the rejected ones,
-   the partial-state flag cleared and the ``partial_state_servers`` rows
-   (the send_join answer's servers_in_room, also sent our events while
-   partial) deleted.
+4. under the room lock, ``_reconcile``: the state at our join and at every
+   event stored after it is computed again from the full state before the
+   join, walking them in the order they were stored: the state before an
+   event is the state after its prev_events (resolved when they differ).
+   Events of other servers (checked against their auth events only while
+   partial) are checked again: refused by the full state before them, they
+   are rejected; refused by the current state they arrived in (the state of
+   the forward extremities at that point of the walk), soft-failed. The
+   current state is the state of the forward extremities at the end;
+5. ONE transaction (``Store.complete_partial_state``): the new events as
+   outliers; the rejected and soft-failed flags (out of the forward
+   extremities); our join and each later event pointed at state groups
+   holding the full state before and after it (so ``/state_ids`` and
+   ``/state`` at them, state resolution over them and the client API's
+   state at them are complete); the current state; the partial-state flag
+   cleared and the ``partial_state_servers`` rows deleted; and the change
+   of current state recorded at a position of the events stream
+   (``storage.state_deltas``), so an incremental /sync from a token of the
+   partial phase lists the members that were added.
 
-Steps 4 and 5 are two transactions: a crash in between leaves the room
-partial, the resync runs again at start-up, and the re-check finds the same
-events (already rejected ones are skipped).
+A crash before the commit leaves the room partial and nothing of step 5
+written; the resync runs again at start-up.
 
 Servers are tried in turn; a round that fails everywhere is retried after
 ``RESYNC_RETRY_SECONDS``, up to ``RESYNC_MAX_ATTEMPTS`` rounds, after which
 the room stays partial (logged; resumed at the next start-up). Entries of the
 answer pointing at events that fail the checks are left out, as in a join.
 
-Known limits: the state group *before* our join, and the state groups of
-events received while partial, stay the partial ones (the store has no way
-to rewrite an event's state); the room's current state and its memberships
-are complete after the resync. The re-check takes the stored state before
-each event as right where it has an entry (a fork resolved against the
-partial state is not resolved again), and does not soft-fail.
+Known limits: the full state comes from one server's ``/state_ids`` at our
+join, checked like a join's answer (signatures, hashes, auth chain) but not
+compared with a second server. A prev_event of a partial-era event that we
+never stored (its state came from another server's ``/state_ids`` when the
+event arrived) contributes the event's stored state before it to the walk.
+Our own events are not re-judged: they were sent, the other servers judge
+them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import attrs
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -61,8 +69,9 @@ from twisted.python.failure import Failure
 from matrixfed.auth.rules import check_auth
 from matrixfed.auth.selection import CREATE_KEY
 from matrixfed.errors import AuthError, RemoteError
-from matrixfed.events.identifiers import domain_of
+from matrixfed.events.identifiers import domain_of, is_valid_server_name
 from matrixfed.events.model import Event
+from matrixfed.events.room_versions import RoomVersion
 from matrixfed.joins.api import (
     EVENT_FETCH_CONCURRENCY,
     MAX_EVENTS_FETCHED_SINGLY,
@@ -73,14 +82,40 @@ from matrixfed.joins.api import (
     RoomEngineLike,
 )
 from matrixfed.joins.verify import EventVerifier
+from matrixfed.storage.partial_state import StateRewrite
 from matrixfed.storage.persist import EventWithContext
 from matrixfed.storage.store import Store
 
-__all__ = ["PartialStateResync"]
+__all__ = ["MAX_PARTIAL_STATE_SERVERS", "PartialStateResync", "partial_state_servers"]
 
 log = Logger()
 
 StateKey = tuple[str, str]
+
+# servers_in_room entries used at most: about twice the servers of the
+# largest public rooms; bounds the extra fan-out a resident's list can cause.
+MAX_PARTIAL_STATE_SERVERS = 20_000
+
+
+def partial_state_servers(
+    resident: str, servers_in_room: Sequence[str], server_name: str
+) -> list[str]:
+    """The servers a partial-state room's events also go to until the resync.
+
+    The send_join answer's ``servers_in_room`` is the resident's word: it
+    cannot be checked before the resync (the members that would prove it are
+    what was omitted). Taking it costs nothing but fan-out: our events go to
+    servers that may not be in the room, which learn nothing the resident
+    could not forward to them itself (it receives every event of ours), and
+    a server outside the room rejects them. The list also only orders who
+    is asked for the full state, whose answer is checked like a join's. So
+    it is bounded, not trusted: the resident first, valid server names
+    only, ourselves left out, at most ``MAX_PARTIAL_STATE_SERVERS``; dropped
+    when the resync completes.
+    """
+    named = [s for s in servers_in_room if is_valid_server_name(s)]
+    servers = [s for s in dict.fromkeys([resident, *named]) if s != server_name]
+    return servers[:MAX_PARTIAL_STATE_SERVERS]
 
 
 class PartialStateResync:
@@ -242,7 +277,7 @@ class PartialStateResync:
         full_before: dict[StateKey, str] = {}
         for eid in pdu_ids:
             ev: Event | None = new.get(eid) or stored.get(eid)
-            if ev is None or not ev.is_state():
+            if ev is None or not ev.is_state() or ev.room_id != room_id:
                 continue
             if eid in batch.rejected or eid in stored_rejected:
                 continue
@@ -260,64 +295,145 @@ class PartialStateResync:
             for eid, ev in new.items()
         ]
         async with self._engine.room_lock(room_id):
-            reasons, replaced = await self._recheck(room_id, join_event_id, full_before)
-            current = await self._store.get_current_state_ids(room_id)
-            reconciled = dict(full_before)
-            for key, eid in _without_rejected(current, replaced).items():
-                if partial_before.get(key) != eid:
-                    reconciled[key] = eid  # changed since our join: newer than the snapshot
-            await self._store.reject_events(room_id, reasons)
-            persisted = await self._store.persist_events(
-                room_id, items, current_state=reconciled, partial_state=False
+            era = await self._reconcile(room_id, rv, join_event_id, full_before)
+            persisted, position = await self._store.complete_partial_state(
+                room_id,
+                items,
+                join_event_id=join_event_id,
+                state_before_join=full_before,
+                rewrites=era.rewrites,
+                rejected=era.rejected,
+                soft_failed=era.soft_failed,
+                current_state=era.current,
             )
-        ordering = max((p.stream_ordering for p in persisted), default=None)
-        if ordering is not None:
-            self._engine.notifier.on_new_events(room_id, ordering)
+        orderings = [p.stream_ordering for p in persisted]
+        if position is not None:
+            orderings.append(position)
+        if orderings:
+            # Wakes /sync: the state change is at ``position`` (state_deltas).
+            self._engine.notifier.on_new_events(room_id, max(orderings))
         log.info(
-            "resync {room_id}: full state ({n} entries, {new} new events, {rejected} events"
-            " received meanwhile rejected) in {seconds:.2f}s",
+            "resync {room_id}: full state ({n} entries, {new} new events; of {era} events"
+            " stored since the join, {rejected} rejected and {soft} soft-failed by the full"
+            " state) in {seconds:.2f}s",
             room_id=room_id,
-            n=len(reconciled),
+            n=len(era.current),
             new=len(new),
-            rejected=len(reasons),
+            era=len(era.rewrites) - 1,
+            rejected=len(era.rejected),
+            soft=len(era.soft_failed),
             seconds=self._clock.seconds() - started,
         )
 
-    async def _recheck(
-        self, room_id: str, join_event_id: str, full_before_join: dict[StateKey, str]
-    ) -> tuple[dict[str, str], dict[str, str | None]]:
-        """Auth-check the remote events received since our join against full state.
+    async def _reconcile(
+        self, room_id: str, rv: RoomVersion, join_event_id: str, base: Mapping[StateKey, str]
+    ) -> _Era:
+        """Recompute the state at our join and every event stored after it.
 
-        Returns:
-            (event_id -> rejection reason, rejected state event_id -> the
-            entry its key has without it: the value in the full state before
-            it, or None).
+        ``base`` is the full state before our join. Walking the events in
+        the order they were stored (prev_events first), the state before
+        each is the state after its prev_events (resolved when they differ;
+        a prev_event from before our join brings its stored state, else the
+        event's stored state). Events of other servers
+        are checked again: failing the state before them, they are rejected;
+        failing the current state they arrived in (the state of the forward
+        extremities at that point of the walk), soft-failed. Every state is
+        held as changes relative to ``base`` (``_changes``), so the walk
+        costs memory in proportion to the changes, not to the room's size.
         """
-        ids = await self._store.get_events_received_after(room_id, join_event_id)
-        events = await self._store.get_events(ids)
-        reasons: dict[str, str] = {}
-        replaced: dict[str, str | None] = {}
-        for eid in ids:
+        join = await self._store.get_event(join_event_id)
+        if join is None:
+            raise AttemptError(f"our join {join_event_id} is not stored")
+        era_events = await self._store.get_partial_era_events(room_id, join_event_id)
+        events = await self._store.get_events(e.event_id for e in era_events)
+        join_after = _changes(base, {**base, join.state_tuple: join_event_id})
+        before: dict[str, Changes] = {join_event_id: {}}
+        after: dict[str, Changes] = {join_event_id: join_after}
+        extremities: dict[str, Changes] = {join_event_id: join_after}
+        current = join_after
+        rejected: dict[str, str] = {}
+        soft_failed: list[str] = []
+        for era_event in era_events:
+            eid = era_event.event_id
             event = events.get(eid)
-            if event is None or domain_of(event.sender) == self._server_name:
-                continue  # ours were checked against the state we had, and sent
-            stored = await self._store.get_state_before(eid) or {}
-            full = dict(full_before_join)
-            full.update(_without_rejected(stored, replaced))
-            try:
-                check_auth(event, await self._engine.auth_state_for(event, full))
-            except AuthError as e:
-                reasons[eid] = f"refused by the full state: {e}"
-                if event.is_state():
-                    replaced[eid] = full.get(event.state_tuple)
-                log.info(
-                    "resync {room_id}: {event_id} from {sender} fails the full state: {e}",
-                    room_id=room_id,
-                    event_id=eid,
-                    sender=event.sender,
-                    e=e,
-                )
-        return reasons, replaced
+            if event is None:
+                continue
+            state = await self._state_before(rv, base, event, after)
+            reason = era_event.rejected_reason
+            soft = era_event.soft_failed
+            # Ours were checked against the state we had, and sent: other
+            # servers judge them; we cannot take them back.
+            if reason is None and domain_of(event.sender) != self._server_name:
+                reason = await self._auth_failure(event, base, state)
+                if reason is not None:
+                    rejected[eid] = f"refused by the full state: {reason}"
+                elif not soft and state != current:
+                    soft = await self._auth_failure(event, base, current) is not None
+                    if soft:
+                        soft_failed.append(eid)
+                if reason is not None or soft:
+                    log.info(
+                        "resync {room_id}: {event_id} from {sender} {verdict} by the full state",
+                        room_id=room_id,
+                        event_id=eid,
+                        sender=event.sender,
+                        verdict="rejected" if reason is not None else "soft-failed",
+                    )
+            state_after = state
+            if reason is None and event.is_state():
+                state_after = _with(base, state, event.state_tuple, eid)
+            before[eid] = state
+            after[eid] = state_after
+            if reason is None and not soft:
+                for prev in event.prev_event_ids:
+                    extremities.pop(prev, None)
+                extremities[eid] = state_after
+                current = await self._resolve(rv, base, list(extremities.values()))
+        rewrites = [StateRewrite(eid, before[eid], after[eid]) for eid in before]
+        return _Era(rewrites, rejected, soft_failed, _full(base, current))
+
+    async def _state_before(
+        self,
+        rv: RoomVersion,
+        base: Mapping[StateKey, str],
+        event: Event,
+        after: Mapping[str, Changes],
+    ) -> Changes:
+        sets: list[Changes] = []
+        overlaid = False
+        for prev in dict.fromkeys(event.prev_event_ids):
+            if prev in after:
+                sets.append(after[prev])
+                continue
+            stored = await self._store.get_state_after(prev)
+            if stored is not None:
+                sets.append(_changes(base, stored))
+            elif not overlaid:
+                # A prev_event we never had: the event's state came from
+                # another server's /state_ids then, not from partial state.
+                overlaid = True
+                own = await self._store.get_state_before(event.event_id) or {}
+                sets.append(_changes(base, own))
+        return await self._resolve(rv, base, sets)
+
+    async def _resolve(
+        self, rv: RoomVersion, base: Mapping[StateKey, str], sets: Sequence[Changes]
+    ) -> Changes:
+        if not sets:
+            return {}
+        if all(s == sets[0] for s in sets[1:]):
+            return sets[0]
+        resolved = await self._engine.resolve_state(rv, [_full(base, s) for s in sets])
+        return _changes(base, resolved)
+
+    async def _auth_failure(
+        self, event: Event, base: Mapping[StateKey, str], changes: Changes
+    ) -> str | None:
+        try:
+            check_auth(event, await self._engine.auth_state_for(event, _Layered(base, changes)))
+        except AuthError as e:
+            return str(e)
+        return None
 
     async def _fetch(
         self, server: str, room_id: str, join_event_id: str, missing: list[str]
@@ -350,18 +466,68 @@ class PartialStateResync:
         return fetched
 
 
-def _without_rejected(
-    state: Mapping[StateKey, str], replaced: Mapping[str, str | None]
-) -> dict[StateKey, str]:
-    """``state`` with every rejected entry replaced by what it overwrote."""
-    out: dict[StateKey, str] = {}
-    for key, eid in state.items():
-        value: str | None = eid
-        while value is not None and value in replaced:
-            value = replaced[value]
-        if value is not None:
-            out[key] = value
+Changes = dict[StateKey, str | None]
+
+
+@attrs.frozen(slots=True)
+class _Era:
+    """What ``_reconcile`` found (see ``Store.complete_partial_state``)."""
+
+    rewrites: list[StateRewrite]
+    rejected: dict[str, str]
+    soft_failed: list[str]
+    current: dict[StateKey, str]
+
+
+def _changes(base: Mapping[StateKey, str], state: Mapping[StateKey, str]) -> Changes:
+    """``state`` as changes of ``base`` (None: key absent), with no entry equal to ``base``."""
+    out: Changes = {k: v for k, v in state.items() if base.get(k) != v}
+    for k in base:
+        if k not in state:
+            out[k] = None
     return out
+
+
+def _with(base: Mapping[StateKey, str], changes: Changes, key: StateKey, event_id: str) -> Changes:
+    """``changes`` with ``key`` set to ``event_id`` (kept free of entries equal to ``base``)."""
+    out = dict(changes)
+    if base.get(key) == event_id:
+        out.pop(key, None)
+    else:
+        out[key] = event_id
+    return out
+
+
+def _full(base: Mapping[StateKey, str], changes: Changes) -> dict[StateKey, str]:
+    state = dict(base)
+    for k, v in changes.items():
+        if v is None:
+            state.pop(k, None)
+        else:
+            state[k] = v
+    return state
+
+
+class _Layered(Mapping[StateKey, str]):
+    """The state ``base`` + ``changes`` without copying ``base`` (auth lookups)."""
+
+    def __init__(self, base: Mapping[StateKey, str], changes: Changes) -> None:
+        self._base = base
+        self._changes = changes
+
+    def __getitem__(self, key: StateKey) -> str:
+        if key in self._changes:
+            value = self._changes[key]
+            if value is None:
+                raise KeyError(key)
+            return value
+        return self._base[key]
+
+    def __iter__(self) -> Iterator[StateKey]:
+        return iter(_full(self._base, self._changes))
+
+    def __len__(self) -> int:
+        return len(_full(self._base, self._changes))
 
 
 def _id_list(value: Any) -> list[str] | None:

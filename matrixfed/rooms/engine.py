@@ -307,6 +307,13 @@ class RoomEngine:
         events = await self.store.get_events(wanted.values())
         return {k: events[eid] for k, eid in wanted.items() if eid in events}
 
+    async def resolve_state(
+        self, rv: RoomVersion, sets: Sequence[Mapping[tuple[str, str], str]]
+    ) -> StateMapIds:
+        """State resolution over ``sets`` with events from the store
+        (``InboundPdus.resolve``; the partial-state resync uses it)."""
+        return await self.inbound.resolve(rv, sets)
+
     def sign(self, pdu: dict[str, Any], rv: RoomVersion) -> Event:
         """Set the v1/v2 event ID, hash and sign ``pdu`` in place; the trusted Event.
 

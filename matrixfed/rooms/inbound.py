@@ -531,6 +531,11 @@ class InboundPdus:
         if event.room_id != room_id:
             raise InvalidEventError("room_id does not match")
         async with self._engine.room_lock(room_id):
+            if partial:
+                # The resync may have completed while we waited for the lock:
+                # then the full state judges this event, nothing re-checks it.
+                info = await self._store.get_room(room_id)
+                partial = info is not None and info.partial_state
             return await self._process(
                 origin, event, fill_gaps=True, reason=reason, partial=partial
             )

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from matrixfed.joins.partial import _without_rejected
+from matrixfed.federation.client import federation_path
 from tests.clientapi.test_federation import call, register
 from tests.harness.servers import ServerHandle, TestNetwork, eventually, reactor
 
@@ -189,19 +189,202 @@ class PartialStateJoinTests(unittest.TestCase):
         self.assertNotIn(forged.event_id, later.prev_event_ids)
         await eventually(lambda: _has(a, later.event_id), "B's next message reaches A")
 
+    async def test_state_at_the_join_and_later_events_is_full_after_the_resync(self) -> None:
+        """Other servers asking B for the state at B's join, or at an event B
+        received while partial, get every member once the resync is done; and
+        B judges new events against that full state."""
+        a, b, c, room_id, carol = await self._room_with_a_member_on_c()
+        held = HeldResync(b)
+        bob = b.user("bob")
+        result = await b.joiner.join(room_id, bob, servers=[a.name])
+        await eventually(lambda: bool(held.asked), "the resync starts")
+        during = await a.engine.send_event(
+            room_id, type="m.room.message", sender=a.user("alice"), content={"body": "hi"}
+        )
+        await eventually(lambda: _has(b, during.event_id), "A's message reaches B")
+        finished = b.joiner.resync.finished(room_id)
+        held.release()
+        self.assertTrue(await finished)
+
+        members = {a.user("alice"), carol}
+        for event_id in (result.event_id, during.event_id):
+            answer = await c.engine.federation_client.get_json(
+                b.name,
+                federation_path("/_matrix/federation/v1/state_ids/{}", room_id),
+                {"event_id": event_id},
+            )
+            events = await b.store.get_events(answer["pdu_ids"])
+            joined = {
+                e.state_key
+                for e in events.values()
+                if e.type == "m.room.member" and e.membership == "join"
+            }
+            want = members if event_id == result.event_id else {*members, bob}
+            self.assertEqual(joined, want, event_id)
+            self.assertEqual(
+                await b.store.get_state_before(event_id),
+                await a.store.get_state_before(event_id),
+            )
+        # carol was omitted from B's partial state: her message is judged
+        # against the full state now, and accepted.
+        from_c = await c.engine.send_event(
+            room_id, type="m.room.message", sender=carol, content={"body": "hello B"}
+        )
+        await eventually(lambda: _has(b, from_c.event_id), "C's message is accepted by B")
+        await eventually(lambda: _has(a, from_c.event_id), "C's message reaches A")
+        self.assertEqual(
+            await b.store.get_current_state_ids(room_id),
+            await a.store.get_current_state_ids(room_id),
+        )
+
+    async def test_incremental_sync_from_a_partial_phase_token_lists_the_added_members(
+        self,
+    ) -> None:
+        a, b, c, room_id, carol = await self._room_with_a_member_on_c()
+        held = HeldResync(b)
+        token = await register(b, "bob")
+        bob = b.user("bob")
+        await b.joiner.join(room_id, bob, servers=[a.name])
+        await eventually(lambda: bool(held.asked), "the resync starts")
+        code, first = await call(b, "GET", "/sync", token=token)
+        self.assertEqual(code, 200, first)
+        partial_members = {
+            e["state_key"]
+            for e in _state_and_timeline(first["rooms"]["join"][room_id])
+            if e["type"] == "m.room.member"
+        }
+        self.assertNotIn(carol, partial_members)
+        since = first["next_batch"]
+
+        # A long poll from the partial-phase token is woken by the resync.
+        polled: Deferred[tuple[int, Any]] = Deferred.fromCoroutine(
+            call(b, "GET", f"/sync?since={since}&timeout=30000", token=token)
+        )
+        await deferLater(reactor, EARLY_ANSWER_GRACE_SECONDS)
+        self.assertFalse(polled.called, "the long poll returned before anything changed")
+        held.release()
+        code, body = await polled
+        self.assertEqual(code, 200, body)
+        room = body["rooms"]["join"][room_id]
+        added = {
+            e["state_key"]: e["content"]["membership"]
+            for e in room["state"]["events"]
+            if e["type"] == "m.room.member"
+        }
+        self.assertEqual(added, {a.user("alice"): "join", carol: "join"})
+        self.assertEqual(room["summary"]["m.joined_member_count"], 3)
+
+        # The same from the same token later, and nothing new after it.
+        code, again = await call(b, "GET", f"/sync?since={since}", token=token)
+        self.assertEqual(code, 200, again)
+        self.assertEqual(
+            {e["state_key"] for e in again["rooms"]["join"][room_id]["state"]["events"]},
+            {a.user("alice"), carol},
+        )
+        code, after = await call(b, "GET", f"/sync?since={body['next_batch']}", token=token)
+        self.assertEqual(code, 200, after)
+        self.assertNotIn(room_id, after["rooms"]["join"])
+
+    async def test_state_events_the_full_state_refuses_do_not_stay_current_state(self) -> None:
+        """Two topics from dave, who had power but left before B joined, both
+        citing his old join: one on top of B's join (rejected by the full state
+        before it), one on top of an event from before his leave (allowed there,
+        but not by the room's current state: soft-failed). Neither is the
+        topic afterwards, nor a forward extremity, nor in the state after
+        later events."""
+        a, b, c, room_id, carol = await self._room_with_a_member_on_c()
+        alice, dave = a.user("alice"), a.user("dave")
+        dave_join = await a.engine.send_event(
+            room_id,
+            type="m.room.member",
+            sender=dave,
+            state_key=dave,
+            content={"membership": "join"},
+        )
+        levels = await a.store.get_event(
+            await a.store.get_current_state_event_id(room_id, "m.room.power_levels", "")
+        )
+        content = dict(levels.content)
+        content["users"] = {**content["users"], dave: 50}
+        power = await a.engine.send_event(
+            room_id, type="m.room.power_levels", sender=alice, state_key="", content=content
+        )
+        await a.engine.send_event(
+            room_id,
+            type="m.room.member",
+            sender=dave,
+            state_key=dave,
+            content={"membership": "leave"},
+        )
+        held = HeldResync(b)
+        bob = b.user("bob")
+        result = await b.joiner.join(room_id, bob, servers=[a.name])
+        await eventually(lambda: bool(held.asked), "the resync starts")
+        rv = await a.store.get_room_version(room_id)
+        create_id = await a.store.get_current_state_event_id(room_id, "m.room.create", "")
+        topic_before = await b.store.get_current_state_event_id(room_id, "m.room.topic", "")
+
+        def forged_topic(topic: str, prev: str, depth: int) -> Any:
+            return a.engine.sign(
+                {
+                    "room_id": room_id,
+                    "type": "m.room.topic",
+                    "state_key": "",
+                    "sender": dave,
+                    "content": {"topic": topic},
+                    "prev_events": [prev],
+                    "auth_events": [create_id, power.event_id, dave_join.event_id],
+                    "depth": depth,
+                    "origin_server_ts": 1_700_000_000_000,
+                },
+                rv,
+            )
+
+        on_join = forged_topic("after my leave", result.event_id, 1000)
+        on_old = forged_topic("from the past", power.event_id, power.depth + 1)
+        await b.engine.receive_pdu(a.name, dict(on_join.pdu))
+        await b.engine.receive_pdu(a.name, dict(on_old.pdu))
+        # Partial state: B knows nothing of dave's leave, the auth events decide.
+        self.assertTrue(await _has(b, on_join.event_id))
+        self.assertTrue(await _has(b, on_old.event_id))
+        self.assertIn(
+            await b.store.get_current_state_event_id(room_id, "m.room.topic", ""),
+            (on_join.event_id, on_old.event_id),
+        )
+
+        finished = b.joiner.resync.finished(room_id)
+        held.release()
+        self.assertTrue(await finished)
+        self.assertIn(on_join.event_id, await b.store.get_rejected([on_join.event_id]))
+        status = (await b.store.get_event_statuses([on_old.event_id]))[on_old.event_id]
+        self.assertTrue(status.soft_failed)
+        self.assertIsNone(status.rejected_reason)
+        self.assertEqual(
+            await b.store.get_current_state_event_id(room_id, "m.room.topic", ""), topic_before
+        )
+        extremities = await b.store.get_forward_extremities(room_id)
+        self.assertNotIn(on_join.event_id, extremities)
+        self.assertNotIn(on_old.event_id, extremities)
+        later = await b.engine.send_event(
+            room_id, type="m.room.message", sender=bob, content={"body": "after"}
+        )
+        state = await b.store.get_state_before(later.event_id)
+        self.assertNotIn(state.get(("m.room.topic", "")), (on_join.event_id, on_old.event_id))
+        a_state = await a.store.get_current_state_ids(room_id)
+        self.assertEqual(state.get(("m.room.member", dave)), a_state[("m.room.member", dave)])
+        self.assertEqual(
+            await b.store.get_current_state_ids(room_id),
+            await a.store.get_current_state_ids(room_id),
+        )
+        await eventually(lambda: _has(a, later.event_id), "B's next message reaches A")
+
 
 class PartialStateJoinPostgresTests(PartialStateJoinTests):
     postgres = True
 
 
-class WithoutRejectedTests(unittest.TestCase):
-    def test_rejected_entries_fall_back_to_what_they_overwrote(self) -> None:
-        state = {("t", "a"): "$r2", ("t", "b"): "$ok", ("t", "c"): "$r3"}
-        # $r2 overwrote $r1, itself rejected over $good; $r3 created its key.
-        replaced: dict[str, str | None] = {"$r2": "$r1", "$r1": "$good", "$r3": None}
-        self.assertEqual(
-            _without_rejected(state, replaced), {("t", "a"): "$good", ("t", "b"): "$ok"}
-        )
+def _state_and_timeline(room: Any) -> list[Any]:
+    return [*room["state"]["events"], *room["timeline"]["events"]]
 
 
 async def _has(server: ServerHandle, event_id: str) -> bool:
