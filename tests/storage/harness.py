@@ -22,6 +22,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -65,10 +66,19 @@ class DatabaseMixin(_TestBase):
     def database_uri(self) -> str:
         raise AssertionError("use SqliteMixin or PostgresMixin")
 
-    async def make_database(self, *, schema_dir: str | None = None, start: bool = True) -> Database:
-        """A started Database on a fresh, isolated database, closed in cleanup."""
+    async def make_database(
+        self,
+        *,
+        schema_dir: str | None = None,
+        start: bool = True,
+        clock: IReactorTime | None = None,
+    ) -> Database:
+        """A started Database on a fresh, isolated database, closed in cleanup.
+
+        ``clock`` times the background WAL checkpoints (SQLite); the reactor by default.
+        """
         case: Any = self
-        db = Database.from_uri(self.database_uri(), schema_dir=schema_dir)
+        db = Database.from_uri(self.database_uri(), schema_dir=schema_dir, clock=clock)
         case.addCleanup(db.close)
         if start:
             await db.start()

@@ -6,9 +6,17 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
-from matrixfed.storage.database import Database, Transaction, _statements, parse_uri
+from matrixfed.storage.database import (
+    SQLITE_CHECKPOINT_INTERVAL_SECONDS,
+    Database,
+    Transaction,
+    _statements,
+    parse_uri,
+)
 from tests.storage.harness import PostgresMixin, SqliteMixin
 
 
@@ -217,8 +225,68 @@ class DatabaseSqliteTests(SqliteMixin, DatabaseTestsMixin, unittest.TestCase):
 
         self.assertEqual(await db.run_interaction("m", mode), "wal")
 
+    async def test_commits_leave_the_checkpoint_to_the_timer(self) -> None:
+        clock = Clock()
+        db = await self.make_database(clock=clock)
+        path = self._sqlite_path
+        size_after_start = os.path.getsize(path)
+        # ~8 MB: far past SQLite's default auto-checkpoint (1,000 pages), which
+        # would have copied it into the database file inside the commit.
+        rows = [(f"#a{i}:x", "!r:x", "x" * 2000) for i in range(4000)]
+        await db.run_interaction(
+            "fill",
+            lambda txn: txn.copy_rows("room_aliases", ("room_alias", "room_id", "servers"), rows),
+        )
+        self.assertEqual(os.path.getsize(path), size_after_start)
+
+        # Committed means visible, checkpointed or not: another connection reads it all.
+        reader = Database.from_uri(self.database_uri(), clock=Clock())
+        self.addCleanup(reader.close)
+        await reader.start()
+        self.assertEqual(await reader.run_interaction("c", _count, "room_aliases"), 4000)
+
+        # The timer's tick copies the WAL into the file, on its own thread;
+        # once it is done the loop schedules the next tick.
+        clock.advance(SQLITE_CHECKPOINT_INTERVAL_SECONDS)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        for _ in range(3000):
+            if clock.getDelayedCalls():
+                break
+            await deferLater(reactor, 0.01)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        self.assertGreater(os.path.getsize(path), size_after_start + 4000 * 2000)
+        result = await db.checkpoint_wal()
+        assert result is not None
+        self.assertFalse(result.busy)
+        self.assertEqual(result.checkpointed, result.wal_frames)
+
+    async def test_close_stops_the_checkpoint_timer(self) -> None:
+        clock = Clock()
+        db = await self.make_database(clock=clock)
+        self.assertEqual(
+            [c.getTime() for c in clock.getDelayedCalls()], [SQLITE_CHECKPOINT_INTERVAL_SECONDS]
+        )
+        db.close()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        with self.assertRaises(RuntimeError):
+            db.checkpoint_wal()
+
+    async def test_memory_database_has_no_checkpoint_timer(self) -> None:
+        clock = Clock()
+        db = Database.from_uri("sqlite::memory:", clock=clock)
+        self.addCleanup(db.close)
+        await db.start()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertIsNone(await db.checkpoint_wal())
+
 
 class DatabasePostgresTests(PostgresMixin, DatabaseTestsMixin, unittest.TestCase):
+    async def test_no_checkpoint_timer(self) -> None:
+        clock = Clock()
+        db = await self.make_database(clock=clock)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertIsNone(await db.checkpoint_wal())
+
     async def test_serialization_failure_is_retried(self) -> None:
         db = await self.make_database()
         attempts: list[int] = []
