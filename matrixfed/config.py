@@ -340,9 +340,9 @@ class Config:
         parse=_as_optional_count,
     )
     join_partial_state: bool = option(
-        False,
-        help="Join remote rooms with partial state (members left out, fetched in the "
-        "background); off: every join waits for the full state",
+        True,
+        help="Do not join remote rooms with partial state (faster joins: members left "
+        "out, fetched in the background); every join waits for the full state",
         parse=_as_bool,
         kind="flag",
     )

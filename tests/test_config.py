@@ -62,6 +62,7 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(config.trusted_key_servers, ())
         self.assertEqual(config.key_validity_period, 86_400_000)
         self.assertTrue(config.uses_generated_tls)
+        self.assertTrue(config.join_partial_state)
 
     def test_every_option(self) -> None:
         config = parse(
@@ -82,6 +83,7 @@ class OptionsTests(unittest.TestCase):
                 "--default-room-version=10",
                 "--max-request-body-size=1M",
                 "--join-verify-processes=3",
+                "--no-join-partial-state",
             ]
         )
         self.assertEqual(config.federation_listen_endpoint, "tcp:0:interface=127.0.0.1")
@@ -95,6 +97,7 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(config.default_room_version, "10")
         self.assertEqual(config.max_request_body_size, 1024 * 1024)
         self.assertEqual(config.join_verify_processes, 3)
+        self.assertFalse(config.join_partial_state)
         self.assertFalse(config.uses_generated_tls)
 
     def test_listeners_can_be_disabled(self) -> None:

@@ -145,7 +145,7 @@ def install_client_api(svc: Any) -> ClientApi:
             server_name=config.server_name,
             signing_key=svc.signing_keys.primary,
             runner=PoolRunner(reactor=reactor, threadpool=reactor.getThreadPool()),
-            partial_state=getattr(config, "join_partial_state", False),
+            partial_state=getattr(config, "join_partial_state", True),
         )
         svc.joiner = joiner
     api = ClientApi(

@@ -21,8 +21,9 @@
    written in ONE ``persist_events`` transaction, under the engine's room
    lock; then the notifier is woken. A failed join stores nothing.
 
-Partial-state joins (faster joins, MSC3706; config ``--join-partial-state``):
-``send_join`` asks for ``omit_members=true``; the room is usable once the partial state is in; the
+Partial-state joins (faster joins, MSC3706) are the default (config
+``--no-join-partial-state`` turns them off): ``send_join`` asks for
+``omit_members=true``; the room is usable once the partial state is in; the
 members are fetched in the background by ``PartialStateResync``
 (``partial.py``), which then recomputes the state at our join and every
 event stored since (rejecting or soft-failing those the full state refuses),
@@ -110,7 +111,7 @@ class JoinCoordinator:
         signing_key: SigningKey,
         runner: ThreadRunner,
         supported_room_versions: Sequence[str] = tuple(KNOWN_ROOM_VERSIONS),
-        partial_state: bool = False,
+        partial_state: bool = True,
         verify_workers: int = 2,
         verify_chunk_size: int = VERIFY_CHUNK_SIZE,
         process_pool: ProcessCheckPool | None = None,

@@ -5,10 +5,11 @@ room, and both servers end with the same state.
 
 A partial-state join:
 
-Synapse answers ``send_join?omit_members=true`` with partial state; matrixfed,
-run with ``--join-partial-state``, is joined at once, then fetches the members
-in the background. Observed through the client API: in the end matrixfed
-reports exactly Synapse's current state, members included.
+Synapse answers ``send_join?omit_members=true`` with partial state; matrixfed
+(partial-state joins are its default) is joined at once, then fetches the
+members in the background. Observed through the client API: in the end
+matrixfed reports exactly Synapse's current state, members included. With
+``--no-join-partial-state`` the same join is a full one.
 """
 
 from __future__ import annotations
@@ -19,18 +20,18 @@ from tests.interop.client import wait_membership, wait_same_state
 from tests.interop.synapse import InteropTestCase, MatrixfedServer, shared_pair, with_logs
 
 
-class PartialJoinMatrixfed(MatrixfedServer):
-    """matrixfed that asks residents for partial-state joins."""
+class FullJoinMatrixfed(MatrixfedServer):
+    """matrixfed that never asks residents for partial-state joins."""
 
     def command(self) -> list[str]:
-        return [*super().command(), "--join-partial-state"]
+        return [*super().command(), "--no-join-partial-state"]
 
 
 class PartialStateJoinOfSynapseRoomTests(InteropTestCase):
-    @with_logs
-    async def test_partial_state_join_reaches_synapses_full_state(self) -> None:
+    async def _join_synapse_room(self, server: type[MatrixfedServer]) -> tuple[str, str]:
+        """A Synapse room with seven members joined from ``server``; (room ID, its log)."""
         synapse = await self.start_synapse()
-        mf = PartialJoinMatrixfed.create(
+        mf = server.create(
             os.path.abspath(self.mktemp()), self.ca, trusted_key_servers=[synapse.server_name]
         )
         self.servers.append(mf)
@@ -46,11 +47,22 @@ class PartialStateJoinOfSynapseRoomTests(InteropTestCase):
         state = await wait_same_state(room_id, [owner, guest])
         for user in (owner, guest, *members):
             self.assertEqual(state[("m.room.member", user.user_id)][2]["membership"], "join")
-        # It was a partial-state join, completed by the resync.
         with open(mf.log_files[0], encoding="utf-8") as f:
-            log = f.read()
+            return room_id, f.read()
+
+    @with_logs
+    async def test_partial_state_join_reaches_synapses_full_state(self) -> None:
+        room_id, log = await self._join_synapse_room(MatrixfedServer)
+        # It was a partial-state join, completed by the resync.
         self.assertIn("(members omitted)", log)
         self.assertIn(f"resync {room_id}: full state", log)
+
+    @with_logs
+    async def test_full_join_when_partial_state_joins_are_off(self) -> None:
+        room_id, log = await self._join_synapse_room(FullJoinMatrixfed)
+        self.assertIn(f"join {room_id}: send_join from", log)
+        self.assertNotIn("(members omitted)", log)
+        self.assertNotIn(f"resync {room_id}", log)
 
 
 class RestrictedJoinOfSynapseRoomTests(InteropTestCase):
