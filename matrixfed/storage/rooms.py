@@ -21,7 +21,7 @@ import attrs
 
 from matrixfed.events.room_versions import RoomVersion, get_room_version
 from matrixfed.storage.base import StoreBase
-from matrixfed.storage.database import Transaction
+from matrixfed.storage.database import EngineName, Transaction
 
 MEMBER = "m.room.member"
 
@@ -43,8 +43,11 @@ class RoomAlias:
     servers: tuple[str, ...]
 
 
-def _server_of(user_id: str) -> str:
-    return user_id.split(":", 1)[1] if ":" in user_id else ""
+def _domain_sql(engine: EngineName) -> str:
+    """SQL for the server part of a member row's ``state_key``: what follows
+    its first ``:`` ('' without one), the same split as ``domain_of``."""
+    colon = "instr(state_key, ':')" if engine == "sqlite" else "strpos(state_key, ':')"
+    return f"CASE WHEN {colon} = 0 THEN '' ELSE substr(state_key, {colon} + 1) END"
 
 
 class RoomStoreMixin(StoreBase):
@@ -245,13 +248,44 @@ class RoomStoreMixin(StoreBase):
 
         return await self.db.run_interaction("get_joined_users", txn_fn)
 
-    async def get_joined_servers(self, room_id: str) -> set[str]:
-        """Servers with at least one joined user: where the room's new events go."""
-        return {_server_of(u) for u in await self.get_joined_users(room_id)}
+    async def get_joined_servers(self, room_id: str, *, except_user: str | None = None) -> set[str]:
+        """Servers with at least one joined user: where the room's new events go.
+
+        Args:
+            except_user: leave this user out (the servers of everyone else).
+
+        The servers are collected in SQL: a 10,000-member room is not read
+        into Python user by user (this runs for every join's fan-out).
+        """
+
+        params: tuple[str, ...] = (room_id, MEMBER)
+        if except_user is not None:
+            params += (except_user,)
+        but = "" if except_user is None else " AND state_key != ?"
+
+        def txn_fn(txn: Transaction) -> set[str]:
+            txn.execute(
+                f"SELECT DISTINCT {_domain_sql(txn.engine)} FROM current_state_events"
+                f" WHERE room_id = ? AND type = ? AND membership = 'join'{but}",
+                params,
+            )
+            return {str(r[0]) for r in txn.fetchall()}
+
+        return await self.db.run_interaction("get_joined_servers", txn_fn)
 
     async def is_host_joined(self, room_id: str, server_name: str) -> bool:
         """Whether any user of ``server_name`` is joined to the room."""
-        return server_name in await self.get_joined_servers(room_id)
+
+        def txn_fn(txn: Transaction) -> bool:
+            txn.execute(
+                "SELECT 1 FROM current_state_events WHERE room_id = ? AND type = ?"
+                f" AND membership = 'join' AND {_domain_sql(txn.engine)} = ?"
+                " LIMIT 1",
+                (room_id, MEMBER, server_name),
+            )
+            return txn.fetchone() is not None
+
+        return await self.db.run_interaction("is_host_joined", txn_fn)
 
     async def get_membership(self, room_id: str, user_id: str) -> tuple[str, str] | None:
         """(membership, event_id) of the user's current member event, or None."""

@@ -97,6 +97,31 @@ class RoomsTestsMixin(DatabaseMixin):
             await store.get_rooms_for_user("@dave:c.test", ["invite"]), {room.room_id: "invite"}
         )
 
+    async def test_joined_servers_split_at_the_first_colon(self) -> None:
+        # The servers are computed in SQL: the server part is what follows the
+        # first ":" (ports and IPv6 literals keep theirs), like domain_of.
+        store = await self.make_store()
+        room = RoomFactory()
+        await store.persist_events(room.room_id, [EventWithContext(e) for e in room.create_room()])
+        users = ["@bob:b.test:8448", "@carol:[::1]:8448", "@dave:d.test", "@erin:d.test"]
+        events = [room.member(u) for u in users]
+        events.append(room.member("@frank:f.test", "invite"))
+        events.append(room.member("@dave:d.test", "leave"))
+        await store.persist_events(room.room_id, [EventWithContext(e) for e in events])
+        joined = await store.get_joined_servers(room.room_id)
+        self.assertEqual(joined, {"test", "b.test:8448", "[::1]:8448", "d.test"})
+        self.assertEqual(
+            await store.get_joined_servers(room.room_id, except_user="@erin:d.test"),
+            {"test", "b.test:8448", "[::1]:8448"},
+        )
+        for server in ("test", "b.test:8448", "[::1]:8448", "d.test"):
+            self.assertTrue(await store.is_host_joined(room.room_id, server), server)
+        # Invited, left, a prefix or a suffix of a joined server: not joined.
+        for server in ("f.test", "b.test", "8448", "1]:8448", "est", ""):
+            self.assertFalse(await store.is_host_joined(room.room_id, server), server)
+        self.assertFalse(await store.is_host_joined("!other:test", "test"))
+        self.assertEqual(await store.get_joined_servers("!other:test"), set())
+
 
 class RoomsSqliteTests(SqliteMixin, RoomsTestsMixin, unittest.TestCase):
     pass
