@@ -287,11 +287,7 @@ class RoomEngine:
             event.room_version, event.type, event.sender, event.state_key, event.content
         )
         keys.add(CREATE_KEY)
-        ids: dict[tuple[str, str], str] = {}
-        for t, sk in keys:
-            eid = await self.store.get_current_state_event_id(event.room_id, t, sk)
-            if eid is not None:
-                ids[(t, sk)] = eid
+        ids = await self.store.get_current_state_ids_for_keys(event.room_id, keys)
         events = await self.store.get_events(ids.values())
         return {k: events[eid] for k, eid in ids.items() if eid in events}
 

@@ -95,6 +95,19 @@ class StateTestsMixin(DatabaseMixin):
         await self._check_states(fresh, events, expected, [n - 1])
         self.assertEqual(await store.get_current_state_ids(room.room_id), room.state)
 
+    async def test_current_state_at_keys(self) -> None:
+        store = await self.make_store()
+        room = RoomFactory()
+        await store.persist_events(room.room_id, [EventWithContext(e) for e in room.create_room()])
+        await self._joins(store, room, 20, one_by_one=False)
+        keys = [("m.room.create", ""), ("m.room.member", "@user3:s3.test"), ("m.room.topic", "")]
+        self.assertEqual(
+            await store.get_current_state_ids_for_keys(room.room_id, [*keys, keys[0]]),
+            {k: room.state[k] for k in keys[:2]},
+        )
+        self.assertEqual(await store.get_current_state_ids_for_keys(room.room_id, []), {})
+        self.assertEqual(await store.get_current_state_ids_for_keys("!other:test", keys), {})
+
     async def test_snapshots_every_period_keep_states_exact(self) -> None:
         # Tiny spans: every level and the snapshot wrap happen within 100 joins.
         self.patch(state_module, "DELTA_SPAN", 2)

@@ -166,15 +166,10 @@ class MembershipHandshakes:
         await check_server_acl(self._store, room_id, origin)
         return origin, get_room_version(info.room_version)
 
-    async def _auth_state(
-        self, event: Event, state_ids: Mapping[tuple[str, str], str]
-    ) -> dict[tuple[str, str], Event]:
-        return await self._engine.auth_state_for(event, state_ids)
-
     async def _check_against_current(self, event: Event) -> None:
-        state_ids = await self._store.get_current_state_ids(event.room_id)
+        # Only the entries the rules look at (not a 10,000-member state map).
         try:
-            check_auth(event, await self._auth_state(event, state_ids))
+            check_auth(event, await self._engine.current_auth_state(event))
         except AuthError as e:
             raise forbidden(str(e)) from None
 
@@ -273,9 +268,9 @@ class MembershipHandshakes:
 
     async def _local_inviter(self, room_id: str) -> str | None:
         """One of our joined users allowed to invite (highest power first)."""
-        state_ids = await self._store.get_current_state_ids(room_id)
         keys = [("m.room.create", ""), ("m.room.power_levels", "")]
-        events = await self._store.get_events(state_ids[k] for k in keys if k in state_ids)
+        state_ids = await self._store.get_current_state_ids_for_keys(room_id, keys)
+        events = await self._store.get_events(state_ids.values())
         state = {(e.type, e.state_key or ""): e for e in events.values()}
         pl = PowerLevels.from_state(state)
         needed = pl.named_level("invite")
@@ -480,10 +475,8 @@ class MembershipHandshakes:
         if omit_members:
             # From the membership rows of the current state (no event loads):
             # the servers with a joined user other than the joiner.
-            joined = await self._store.get_joined_users(event.room_id)
-            body["servers_in_room"] = sorted(
-                {domain_of(u) or "" for u in joined if u != event.sender} - {""}
-            )
+            servers = await self._store.get_joined_servers(event.room_id, except_user=event.sender)
+            body["servers_in_room"] = sorted(servers - {""})
         return body
 
     # -- invites -----------------------------------------------------------------------
