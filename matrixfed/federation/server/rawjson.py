@@ -70,18 +70,34 @@ class EncodedJsonArray(Sequence[Any]):
         return "[" + ",".join(self.texts) + "]"
 
 
-def _encode(value: Any, depth: int) -> str:
+def _add_pieces(value: Any, depth: int, out: list[str]) -> None:
+    """Append the JSON text of ``value`` to ``out`` as pieces.
+
+    The answer is joined once at the end: concatenating at every level would
+    copy a 10,000-event array (megabytes) once per level.
+    """
     if isinstance(value, EncodedJsonArray):
-        return value.encoded()
-    if depth > 0 and isinstance(value, dict):
-        return (
-            "{"
-            + ",".join(_ENCODE(str(k)) + ":" + _encode(v, depth - 1) for k, v in value.items())
-            + "}"
-        )
-    if depth > 0 and isinstance(value, list):
-        return "[" + ",".join(_encode(v, depth - 1) for v in value) + "]"
-    return _ENCODE(value)
+        out.append("[")
+        if value.texts:
+            items: list[str] = [","] * (2 * len(value.texts) - 1)
+            items[::2] = value.texts
+            out.extend(items)
+        out.append("]")
+    elif depth > 0 and isinstance(value, dict):
+        out.append("{")
+        for i, (k, v) in enumerate(value.items()):
+            out.append(("," if i else "") + _ENCODE(str(k)) + ":")
+            _add_pieces(v, depth - 1, out)
+        out.append("}")
+    elif depth > 0 and isinstance(value, list):
+        out.append("[")
+        for i, v in enumerate(value):
+            if i:
+                out.append(",")
+            _add_pieces(v, depth - 1, out)
+        out.append("]")
+    else:
+        out.append(_ENCODE(value))
 
 
 def _has_encoded(value: Any, depth: int) -> bool:
@@ -103,5 +119,7 @@ def encode_body(body: Any) -> bytes:
         TypeError, ValueError: the body is not JSON-serialisable.
     """
     if _has_encoded(body, _SPLICE_DEPTH):
-        return _encode(body, _SPLICE_DEPTH).encode("utf-8")
+        pieces: list[str] = []
+        _add_pieces(body, _SPLICE_DEPTH, pieces)
+        return "".join(pieces).encode("utf-8")
     return _ENCODE(body).encode("utf-8")

@@ -25,6 +25,24 @@ class EncodeBodyTests(unittest.TestCase):
         decoded = json.loads(encode_body([200, {"state": texts(), "event": {"x": "\u00e9"}}]))
         self.assertEqual(decoded, [200, {"state": PDUS, "event": {"x": "\u00e9"}}])
 
+    def test_spliced_bytes_are_what_the_plain_encoder_writes(self) -> None:
+        # For ASCII items the splice is byte for byte the compact encoding of
+        # the decoded body, at both splice depths and for empty arrays.
+        items = [{"type": "m.room.member", "n": i, "content": {"a": [1, "b"]}} for i in range(3)]
+        texts = EncodedJsonArray([json.dumps(p, separators=(",", ":")) for p in items])
+        for body, plain in [
+            (
+                {"origin": "o", "state": texts, "auth_chain": EncodedJsonArray([]), "x": [1]},
+                {"origin": "o", "state": items, "auth_chain": [], "x": [1]},
+            ),
+            (
+                [200, {"state": texts, "event": {"k": None}}],
+                [200, {"state": items, "event": {"k": None}}],
+            ),
+            ([texts, 2, EncodedJsonArray([texts.texts[0]])], [items, 2, items[:1]]),
+        ]:
+            self.assertEqual(encode_body(body), json.dumps(plain, separators=(",", ":")).encode())
+
     def test_plain_bodies_are_compact_utf8(self) -> None:
         self.assertEqual(encode_body({"a": ["\u00e9", 1]}), '{"a":["\u00e9",1]}'.encode())
 
