@@ -14,7 +14,10 @@ What it guarantees:
 * ``start()`` applies every ``schema/NNNN_name.sql`` file not yet recorded in
   the ``schema_version`` table, in numeric order, each file in one transaction
   together with its ``schema_version`` row: a failed migration leaves the
-  database at the previous version and ``start()`` fails.
+  database at the previous version and ``start()`` fails. A version that
+  must differ between engines (only in physical layout: the logical schema
+  is the same) has a pair of files instead, ``NNNN_name.sqlite.sql`` and
+  ``NNNN_name.postgres.sql``; each engine applies its own.
 
 Engines:
 
@@ -89,7 +92,7 @@ SQLITE_WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 # Rows per round trip when executemany runs on PostgreSQL.
 PG_EXECUTEMANY_PAGE_SIZE = 1000
 
-_SCHEMA_FILE = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
+_SCHEMA_FILE = re.compile(r"^(\d{4})_[A-Za-z0-9_]+(?:\.(sqlite|postgres))?\.sql$")
 
 
 @lru_cache(maxsize=4096)
@@ -363,26 +366,46 @@ def _only_comments(text: str) -> bool:
     )
 
 
-def _load_migrations(schema_dir: str | None = None) -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) for every schema file, sorted by version."""
+def _load_migrations(
+    engine: EngineName, schema_dir: str | None = None
+) -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of every schema version for ``engine``, sorted.
+
+    A version is one portable file or a pair of engine files (``.sqlite.sql``
+    and ``.postgres.sql``); anything else is an error, so that no engine can
+    silently miss a version.
+    """
     root: Traversable = (
         Path(schema_dir)
         if schema_dir is not None
         else importlib.resources.files("matrixfed.storage").joinpath("schema")
     )
-    found: dict[int, tuple[str, str]] = {}
+    # version -> {engine or "": (file name, SQL)}
+    found: dict[int, dict[str, tuple[str, str]]] = {}
     if root.is_dir():
         for entry in root.iterdir():
             m = _SCHEMA_FILE.match(entry.name)
             if not m:
                 continue
             version = int(m.group(1))
-            if version in found:
+            variants = found.setdefault(version, {})
+            variant = m.group(2) or ""
+            if variant in variants:
                 raise ValueError(
-                    f"two schema files for version {version}: {found[version][0]}, {entry.name}"
+                    f"two schema files for version {version}: {variants[variant][0]}, {entry.name}"
                 )
-            found[version] = (entry.name, entry.read_text(encoding="utf-8"))
-    return [(v, name, sql) for v, (name, sql) in sorted(found.items())]
+            variants[variant] = (entry.name, entry.read_text(encoding="utf-8"))
+    out: list[tuple[int, str, str]] = []
+    for version, variants in sorted(found.items()):
+        names = sorted(name for name, _ in variants.values())
+        if set(variants) not in ({""}, {"sqlite", "postgres"}):
+            raise ValueError(
+                f"schema version {version} needs one portable file or both a .sqlite.sql"
+                f" and a .postgres.sql file, found {names}"
+            )
+        name, sql = variants.get(engine) or variants[""]
+        out.append((version, name, sql))
+    return out
 
 
 @attrs.frozen(slots=True)
@@ -533,7 +556,7 @@ class Database:
         try:
             await self.run_interaction("create_schema_version", _create_schema_version_table)
             applied = set(await self.run_interaction("get_schema_versions", _get_versions))
-            for version, name, sql in _load_migrations(self._schema_dir):
+            for version, name, sql in _load_migrations(cfg.name, self._schema_dir):
                 if version in applied:
                     continue
                 did = await self.run_interaction(

@@ -97,6 +97,40 @@ class DatabaseTestsMixin:
         t.assertEqual([v for v, _ in await db3.run_interaction("v", _versions)], [1, 2, 3])
         t.assertEqual(await db3.run_interaction("c", _count, "a"), 1)
 
+    async def test_engine_specific_migration_files(self) -> None:
+        t = self._case()
+        schema = self._schema_dir(
+            {
+                "0001_a.sql": "CREATE TABLE a (x INTEGER NOT NULL);\n",
+                "0002_b.sqlite.sql": "CREATE TABLE only_sqlite (x INTEGER);\n",
+                "0002_b.postgres.sql": "-- nothing\nCREATE TABLE only_postgres (x INTEGER);\n",
+                "0003_c.sql": "CREATE TABLE c (x INTEGER);\n",
+            }
+        )
+        db = await self.make_database(schema_dir=schema)
+        t.assertEqual(
+            await db.run_interaction("v", _versions),
+            [(1, "0001_a.sql"), (2, f"0002_b.{self.engine}.sql"), (3, "0003_c.sql")],
+        )
+        t.assertEqual(await db.run_interaction("c", _count, f"only_{self.engine}"), 0)
+        other = "postgres" if self.engine == "sqlite" else "sqlite"
+        with t.assertRaises(Exception):  # noqa: B017 (sqlite3 or psycopg2 error)
+            await db.run_interaction("c", _count, f"only_{other}")
+
+    async def test_engine_file_needs_its_twin(self) -> None:
+        t = self._case()
+        for files in (
+            {"0001_a.sqlite.sql": "CREATE TABLE a (x INTEGER);\n"},
+            {"0001_a.postgres.sql": "CREATE TABLE a (x INTEGER);\n"},
+            {
+                "0001_a.sql": "CREATE TABLE a (x INTEGER);\n",
+                "0001_a.sqlite.sql": "CREATE TABLE a (x INTEGER);\n",
+                "0001_a.postgres.sql": "CREATE TABLE a (x INTEGER);\n",
+            },
+        ):
+            with t.assertRaises(ValueError):
+                await self.make_database(schema_dir=self._schema_dir(files))
+
     async def test_interaction_commits_or_rolls_back_whole(self) -> None:
         t = self._case()
         db = await self.make_database()

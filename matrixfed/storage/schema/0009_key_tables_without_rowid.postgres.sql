@@ -1,0 +1,4 @@
+-- 0009 (PostgreSQL): nothing to do. The SQLite twin of this file stores
+-- event_edges, event_auth and state_groups_state as WITHOUT ROWID tables, a
+-- storage layout only SQLite has; their columns, keys and indexes stay what
+-- 0001 made them, the same on both engines.
