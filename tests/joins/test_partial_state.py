@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from matrixfed.federation.client import federation_path
+from matrixfed.joins.partial import MAX_PARTIAL_STATE_SERVERS, partial_state_servers
 from tests.clientapi.test_federation import call, register
 from tests.harness.servers import ServerHandle, TestNetwork, eventually, reactor
 
@@ -378,9 +379,82 @@ class PartialStateJoinTests(unittest.TestCase):
         )
         await eventually(lambda: _has(a, later.event_id), "B's next message reaches A")
 
+    async def test_a_fork_received_while_partial_is_resolved_over_the_full_state(
+        self,
+    ) -> None:
+        """Two state events of alice's on top of B's join (a fork): after the
+        resync the state after each is full, and the current state is the
+        resolution of the two (both entries, every member). (Only B gets
+        them: A did not make them, so B sends nothing on top of them.)"""
+        a, b, c, room_id, carol = await self._room_with_a_member_on_c()
+        alice = a.user("alice")
+        held = HeldResync(b)
+        bob = b.user("bob")
+        result = await b.joiner.join(room_id, bob, servers=[a.name])
+        await eventually(lambda: bool(held.asked), "the resync starts")
+        rv = await a.store.get_room_version(room_id)
+        state = await a.store.get_current_state_ids(room_id)
+        auth = [
+            state[("m.room.create", "")],
+            state[("m.room.power_levels", "")],
+            state[("m.room.member", alice)],
+        ]
+        branches = [
+            a.engine.sign(
+                {
+                    "room_id": room_id,
+                    "type": etype,
+                    "state_key": "",
+                    "sender": alice,
+                    "content": content,
+                    "prev_events": [result.event_id],
+                    "auth_events": auth,
+                    "depth": 1000,
+                    "origin_server_ts": 1_700_000_000_000 + i,
+                },
+                rv,
+            )
+            for i, (etype, content) in enumerate(
+                [("m.room.topic", {"topic": "forked"}), ("m.room.avatar", {"url": "mxc://x/y"})]
+            )
+        ]
+        for branch in branches:
+            await b.engine.receive_pdu(a.name, dict(branch.pdu))
+        self.assertEqual(
+            set(await b.store.get_forward_extremities(room_id)),
+            {e.event_id for e in branches},
+        )
+        finished = b.joiner.resync.finished(room_id)
+        held.release()
+        self.assertTrue(await finished)
+        current = await b.store.get_current_state_ids(room_id)
+        self.assertEqual(current[("m.room.topic", "")], branches[0].event_id)
+        self.assertEqual(current[("m.room.avatar", "")], branches[1].event_id)
+        self.assertEqual(current[("m.room.member", carol)], state[("m.room.member", carol)])
+        self.assertEqual(current[("m.room.member", bob)], result.event_id)
+        for branch in branches:
+            self.assertEqual(
+                (await b.store.get_state_after(branch.event_id))[("m.room.member", carol)],
+                state[("m.room.member", carol)],
+            )
+        self.assertEqual(current, {**state, **{(e.type, ""): e.event_id for e in branches}})
+
 
 class PartialStateJoinPostgresTests(PartialStateJoinTests):
     postgres = True
+
+
+class PartialStateServersTests(unittest.TestCase):
+    def test_resident_first_valid_names_ourselves_left_out_bounded(self) -> None:
+        named = ["b.example", "not a name", "ours.example", "c.example:8448", "b.example"]
+        self.assertEqual(
+            partial_state_servers("a.example", named, "ours.example"),
+            ["a.example", "b.example", "c.example:8448"],
+        )
+        many = [f"s{i}.example" for i in range(MAX_PARTIAL_STATE_SERVERS + 10)]
+        bounded = partial_state_servers("a.example", many, "ours.example")
+        self.assertEqual(len(bounded), MAX_PARTIAL_STATE_SERVERS)
+        self.assertEqual(bounded[:2], ["a.example", "s0.example"])
 
 
 def _state_and_timeline(room: Any) -> list[Any]:
