@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from importlib.resources.abc import Traversable
+from itertools import chain
 from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast
 
@@ -91,6 +92,12 @@ SQLITE_WAL_AUTOCHECKPOINT_PAGES = 65536
 SQLITE_WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 # Rows per round trip when executemany runs on PostgreSQL.
 PG_EXECUTEMANY_PAGE_SIZE = 1000
+# Bound parameters per SQLite statement: SQLite's own limit (999 before 3.32).
+SQLITE_MAX_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+# Rows per multi-row INSERT of copy_rows on SQLite: executemany pays a
+# statement step and reset per row, a fifth to a half of a small row's cost;
+# past a few hundred rows a longer statement saves nothing more.
+SQLITE_COPY_ROWS_PER_INSERT = 500
 
 _SCHEMA_FILE = re.compile(r"^(\d{4})_[A-Za-z0-9_]+(?:\.(sqlite|postgres))?\.sql$")
 
@@ -107,6 +114,14 @@ def _to_pyformat(sql: str) -> str:
         return tok.replace("%", "%%")
 
     return re.sub(r"'(?:[^']|'')*'|\"[^\"]*\"|\?|%", repl, sql)
+
+
+# Few distinct shapes: each table's full chunk and the remainders of recent batches.
+@lru_cache(maxsize=64)
+def _multi_row_insert(table: str, cols: str, width: int, nrows: int) -> str:
+    """``INSERT INTO table (cols) VALUES (?, ...), ...`` for ``nrows`` rows."""
+    row = "(" + ", ".join("?" * width) + ")"
+    return f"INSERT INTO {table} ({cols}) VALUES " + ", ".join([row] * nrows)
 
 
 # COPY text format: backslash, tab, newline and CR are escaped; NULL is \N.
@@ -177,7 +192,8 @@ class Transaction:
 
     def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Bulk-insert plain rows (no conflict handling): ``COPY`` on PostgreSQL,
-        ``executemany`` on SQLite. The fastest way to write a large batch.
+        multi-row ``INSERT`` statements on SQLite. The fastest way to write a
+        large batch.
 
         Values must be None, str or int (not bool).
         """
@@ -210,8 +226,18 @@ class Transaction:
             buf.seek(0)
             self._cursor.copy_expert(f"COPY {table} ({cols}) FROM STDIN", buf)
         else:
-            placeholders = ", ".join("?" * len(columns))
-            self._cursor.executemany(f"INSERT INTO {table} ({cols}) VALUES ({placeholders})", rows)
+            width = len(columns)
+            per = max(1, min(SQLITE_COPY_ROWS_PER_INSERT, SQLITE_MAX_PARAMS // width))
+            execute = self._cursor.execute
+            flat = chain.from_iterable
+            whole = len(rows) - len(rows) % per
+            if whole:
+                sql = _multi_row_insert(table, cols, width, per)
+                for i in range(0, whole, per):
+                    execute(sql, list(flat(rows[i : i + per])))
+            if whole < len(rows):
+                rest = rows[whole:]
+                execute(_multi_row_insert(table, cols, width, len(rest)), list(flat(rest)))
 
     def prefer_index_lookups(self) -> None:
         """For the rest of this transaction, plan joins as index lookups (PostgreSQL).

@@ -12,12 +12,15 @@ from twisted.trial import unittest
 
 from matrixfed.storage.database import (
     SQLITE_CHECKPOINT_INTERVAL_SECONDS,
+    SQLITE_COPY_ROWS_PER_INSERT,
     Database,
     Transaction,
     _statements,
     parse_uri,
 )
 from tests.storage.harness import PostgresMixin, SqliteMixin
+
+AUTH = ("event_id", "auth_id")
 
 
 def _count(txn: Transaction, table: str) -> int:
@@ -197,6 +200,27 @@ class DatabaseTestsMixin:
 
         rows = await db.run_interaction("q", q)
         t.assertEqual(rows, [(a, b, str(c)) for a, b, c in values])
+
+    async def test_copy_rows_many_rows_whole_or_nothing(self) -> None:
+        t = self._case()
+        db = await self.make_database()
+        # Several full multi-row statements and a remainder on SQLite.
+        n = SQLITE_COPY_ROWS_PER_INSERT * 2 + 7
+        rows = [(f"$e{i:05}", f"$a{i % 3}") for i in range(n)]
+
+        def read(txn: Transaction) -> list[tuple[Any, ...]]:
+            txn.execute("SELECT event_id, auth_id FROM event_auth ORDER BY event_id")
+            return [tuple(r) for r in txn.fetchall()]
+
+        await db.run_interaction("copy", lambda txn: txn.copy_rows("event_auth", AUTH, rows))
+        t.assertEqual(await db.run_interaction("read", read), rows)
+
+        # A duplicate in the last statement fails the interaction: none of the
+        # rows before it, in earlier statements, stays.
+        more = [(f"$f{i:05}", "$a0") for i in range(n)] + [rows[0]]
+        with t.assertRaises(Exception):  # noqa: B017 (sqlite3 or psycopg2 error)
+            await db.run_interaction("dup", lambda txn: txn.copy_rows("event_auth", AUTH, more))
+        t.assertEqual(await db.run_interaction("read", read), rows)
 
     async def test_allocate_ids_monotonic(self) -> None:
         t = self._case()
