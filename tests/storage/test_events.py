@@ -67,6 +67,57 @@ class EventsTestsMixin(DatabaseMixin):
         self.assertEqual(len(chain), 599 + 3)
         self.assertNotIn(jr.event_id, chain)
 
+    async def test_json_with_auth_chain_is_the_separate_reads(self) -> None:
+        # What a send_join answer reads in one transaction: the same as
+        # get_event_json + get_auth_chain_ids + get_redactions_for, over more
+        # IDs than one SQL chunk and a chain deeper than one level.
+        store = await self.make_store()
+        room = RoomFactory()
+        create, join, pl, jr = room.create_room()
+        events: list[Event] = [create, join, pl, jr]
+        members = []
+        for i in range(1100):
+            user = f"@u{i}:s{i % 7}.test"
+            # Every 100th user was invited first: a second level in the chain.
+            auth = [create.event_id, pl.event_id, jr.event_id]
+            if i % 100 == 0:
+                invite = room.event(
+                    "m.room.member",
+                    state_key=user,
+                    content={"membership": "invite"},
+                    auth=[create.event_id, pl.event_id, join.event_id],
+                )
+                events.append(invite)
+                auth.append(invite.event_id)
+            members.append(room.member(user, auth=auth))
+            events.append(members[-1])
+        # Redactions of a state event and of a chain-only event; an auth edge
+        # to an event we never stored.
+        redactions = [
+            room.event("m.room.redaction", redacts=members[5].event_id),
+            room.event("m.room.redaction", redacts=members[5].event_id),
+            room.event("m.room.redaction", redacts=join.event_id),
+        ]
+        odd = room.member("@odd:x.test", auth=[create.event_id, "$never:stored"])
+        await store.persist_events(room.room_id, ctx([*events, *redactions, odd]))
+        start = [pl.event_id, jr.event_id, odd.event_id, "$unknown:x"]
+        start += [m.event_id for m in members]
+
+        got = await store.get_event_json_with_auth_chain(start)
+        chain = await store.get_auth_chain_ids(start)
+        self.assertEqual(got.chain_ids, chain)
+        self.assertEqual(got.json, await store.get_event_json([*start, *chain]))
+        self.assertEqual(
+            got.redaction_targets,
+            set(await store.get_redactions_for([*start, *chain])),
+        )
+        self.assertEqual(got.redaction_targets, {members[5].event_id, join.event_id})
+        self.assertIn("$never:stored", got.chain_ids)
+        self.assertEqual(len(got.chain_ids), 4 + 11 + 1)
+
+        empty = await store.get_event_json_with_auth_chain([])
+        self.assertEqual((empty.json, empty.chain_ids), ({}, frozenset()))
+
     async def test_missing_events_walk(self) -> None:
         store, room, events = await self._room()
         msgs = [room.event("m.room.message", content={"n": i}) for i in range(20)]

@@ -456,19 +456,33 @@ class MembershipHandshakes:
         if omit_members:
             keep = set(await self._heroes(event.room_id, before, event.sender))
             state_ids = [eid for (t, _sk), eid in before.items() if t != MEMBER or eid in keep]
-        chain_ids = await self._store.get_auth_chain_ids([*state_ids, event.event_id])
+        # One read for the state's rows, its auth chain and their redactions.
+        fetched = await self._store.get_event_json_with_auth_chain([*state_ids, event.event_id])
+        chain_ids = set(fetched.chain_ids)
         chain_ids.update(event.auth_event_ids)
         if omit_members:
             chain_ids.difference_update(state_ids)
         # The stored JSON texts go out as they are: a 10,000-member room is
         # never decoded into Events nor encoded again (rawjson.py).
-        stored = await self._store.get_event_json([*state_ids, *chain_ids])
+        stored = fetched.json
+        targets: frozenset[str] | None = fetched.redaction_targets
+        unread = chain_ids.difference(stored)
+        # The join's own auth events are in its chain once it is stored;
+        # anything else named is read on its own (its redactions too).
+        extra = await self._store.get_event_json(unread) if unread else {}
+        if extra:
+            stored = {**stored, **extra}
+            targets = None
         chain = sorted((e for e in chain_ids if e in stored), key=lambda e: (stored[e][0], e))
         body: dict[str, Any] = {
             "origin": self._server_name,
             # Redacted where an accepted redaction applies, as /state serves them.
-            "state": await serve_stored_events(self._store, stored, state_ids),
-            "auth_chain": await serve_stored_events(self._store, stored, chain),
+            "state": await serve_stored_events(
+                self._store, stored, state_ids, redaction_targets=targets
+            ),
+            "auth_chain": await serve_stored_events(
+                self._store, stored, chain, redaction_targets=targets
+            ),
             "event": event.pdu,
             "members_omitted": omit_members,
         }

@@ -22,7 +22,7 @@ room 404 ``M_NOT_FOUND``. Nothing here writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
 from twisted.logger import Logger
@@ -187,7 +187,11 @@ async def serve_events(
 
 
 async def serve_stored_events(
-    store: Store, stored: Mapping[str, tuple[int, str]], event_ids: Iterable[str]
+    store: Store,
+    stored: Mapping[str, tuple[int, str]],
+    event_ids: Iterable[str],
+    *,
+    redaction_targets: Container[str] | None = None,
 ) -> EncodedJsonArray:
     """``serve_events`` for many events, straight from their stored JSON.
 
@@ -196,6 +200,9 @@ async def serve_stored_events(
         stored: ``store.get_event_json`` of (at least) ``event_ids``.
         event_ids: the events to send, in order; those not in ``stored`` are
             left out.
+        redaction_targets: the events among them that a stored redaction
+            targets, when the caller read them already
+            (``get_event_json_with_auth_chain``); None: looked up here.
 
     Returns:
         The PDUs as pre-encoded JSON: the stored text, or the redacted form
@@ -204,7 +211,10 @@ async def serve_stored_events(
     """
     ids = [e for e in event_ids if e in stored]
     redacted: dict[str, str] = {}
-    targets = await store.get_redactions_for(ids)
+    if redaction_targets is None:
+        targets: Iterable[str] = await store.get_redactions_for(ids)
+    else:
+        targets = [e for e in ids if e in redaction_targets]
     if targets:
         events = await store.get_events(targets)
         for eid in await _redacted_ids(store, list(events.values())):

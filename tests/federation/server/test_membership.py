@@ -244,6 +244,35 @@ class SendJoinTests(MembershipCase):
         served = [p for p in body["state"] if p["type"] == "m.room.topic"]
         self.assertEqual(served[0]["content"], {})
 
+    async def test_redacted_auth_chain_events_are_served_redacted(self) -> None:
+        # An event only in the auth chain (Alice's first profile, replaced and
+        # then redacted) goes out redacted; the state's events are as stored.
+        await self.setup()
+        room_id = await self.room("10")
+        first = await self.engine.send_event(
+            room_id,
+            type="m.room.member",
+            sender=ALICE,
+            state_key=ALICE,
+            content={"membership": "join", "displayname": "A1"},
+        )
+        await self.engine.send_event(
+            room_id,
+            type="m.room.member",
+            sender=ALICE,
+            state_key=ALICE,
+            content={"membership": "join", "displayname": "A2"},
+        )
+        await self.engine.send_event(
+            room_id, type="m.room.redaction", sender=ALICE, content={}, redacts=first.event_id
+        )
+        body = await self.join(room_id, BOB)
+        rv = get_room_version("10")
+        chain = {event_id_of(p, rv): p for p in body["auth_chain"]}
+        self.assertEqual(chain[first.event_id]["content"], {"membership": "join"})
+        alice = [p for p in body["state"] if p.get("state_key") == ALICE]
+        self.assertEqual(alice[0]["content"]["displayname"], "A2")
+
     async def test_v1_answers_a_pair(self) -> None:
         await self.setup()
         room_id = await self.room("6")
