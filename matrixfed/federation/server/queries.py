@@ -281,7 +281,7 @@ class ResidentQueries:
 
     # -- state ---------------------------------------------------------------
 
-    async def _state_at(self, request: ApiRequest) -> tuple[list[str], set[str]]:
+    async def _state_at(self, request: ApiRequest) -> list[str]:
         room_id = request.path_params["roomId"]
         event_id = request.arg("event_id")
         if event_id is None:
@@ -295,24 +295,34 @@ class ResidentQueries:
         state = await self._store.get_state_before(event_id)
         if state is None:
             raise not_found(f"State at {event_id} is not known")
-        state_ids = sorted(state.values())
-        auth_chain = await self._store.get_auth_chain_ids(state_ids)
-        return state_ids, auth_chain
+        return sorted(state.values())
 
     async def on_state(self, request: ApiRequest) -> JsonResponse:
-        """``GET /state/{roomId}?event_id=``: ``{pdus, auth_chain}``."""
-        state_ids, chain_ids = await self._state_at(request)
-        events = await self._store.get_events([*state_ids, *chain_ids])
-        state = [events[e] for e in state_ids if e in events]
-        chain = sorted((events[e] for e in chain_ids if e in events), key=_topo)
+        """``GET /state/{roomId}?event_id=``: ``{pdus, auth_chain}``.
+
+        A whole room's state (a partial-state joiner's resync asks for it):
+        served from the stored JSON texts like send_join, in one read.
+        """
+        state_ids = await self._state_at(request)
+        fetched = await self._store.get_event_json_with_auth_chain(state_ids)
+        stored = fetched.json
+        chain = sorted(
+            (e for e in fetched.chain_ids if e in stored), key=lambda e: (stored[e][0], e)
+        )
+        targets = fetched.redaction_targets
         return 200, {
-            "pdus": await serve_events(self._store, state),
-            "auth_chain": await serve_events(self._store, chain),
+            "pdus": await serve_stored_events(
+                self._store, stored, state_ids, redaction_targets=targets
+            ),
+            "auth_chain": await serve_stored_events(
+                self._store, stored, chain, redaction_targets=targets
+            ),
         }
 
     async def on_state_ids(self, request: ApiRequest) -> JsonResponse:
         """``GET /state_ids/{roomId}?event_id=``: ``{pdu_ids, auth_chain_ids}``."""
-        state_ids, chain_ids = await self._state_at(request)
+        state_ids = await self._state_at(request)
+        chain_ids = await self._store.get_auth_chain_ids(state_ids)
         return 200, {"pdu_ids": state_ids, "auth_chain_ids": sorted(chain_ids)}
 
     # -- single events -------------------------------------------------------
@@ -397,10 +407,6 @@ class ResidentQueries:
             which = "forward" if direction == "f" else "backward"
             raise not_found(f"Unable to find event from {ts} in {which} direction")
         return 200, {"event_id": found[0], "origin_server_ts": found[1]}
-
-
-def _topo(event: Event) -> tuple[int, str]:
-    return (event.depth, event.event_id)
 
 
 def _id_list(body: Mapping[str, Any], name: str) -> list[str]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.trial import unittest
@@ -10,6 +11,7 @@ from twisted.trial import unittest
 from matrixfed.events.room_versions import get_room_version
 from matrixfed.federation.server.membership import MembershipHandshakes
 from matrixfed.federation.server.queries import ResidentQueries
+from matrixfed.federation.server.rawjson import encode_body
 from tests.federation.server.resident import (
     ALICE,
     BOB,
@@ -151,6 +153,8 @@ class AnswerTests(QueriesCase):
         code, full = await self.q.on_state(
             self.get("/state/{roomId}", {"roomId": room_id}, event_id=msg)
         )
+        # As the remote server receives it (spliced from the stored texts).
+        full = json.loads(encode_body(full))
         schema = load_response_schema("events.yaml", "/state/{roomId}", "get")
         self.assertEqual(check_schema(full, schema), [])
         self.assertEqual({event_id_of(p, self.rv) for p in full["pdus"]}, set(ids["pdu_ids"]))
@@ -206,6 +210,48 @@ class AnswerTests(QueriesCase):
         )
         code, body = await self.q.on_event(self.get("/event/{eventId}", {"eventId": msg}))
         self.assertEqual(body["pdus"][0]["content"], {})
+
+    async def test_state_serves_redacted_state_and_chain_events_redacted(self) -> None:
+        # /state (a partial-state joiner's resync): a redacted state event and
+        # a redacted event only in the auth chain go out redacted, oldest
+        # chain events first.
+        room_id = await self.setup()
+        await self.join_bob()
+        first = await self.engine.send_event(
+            room_id,
+            type="m.room.member",
+            sender=ALICE,
+            state_key=ALICE,
+            content={"membership": "join", "displayname": "A1"},
+        )
+        await self.engine.send_event(
+            room_id,
+            type="m.room.member",
+            sender=ALICE,
+            state_key=ALICE,
+            content={"membership": "join", "displayname": "A2"},
+        )
+        topic = await self.engine.send_event(
+            room_id, type="m.room.topic", sender=ALICE, state_key="", content={"topic": "t"}
+        )
+        for target in (first.event_id, topic.event_id):
+            await self.engine.send_event(
+                room_id, type="m.room.redaction", sender=ALICE, content={}, redacts=target
+            )
+        msg = await self.message("after")
+        code, body = await self.q.on_state(
+            self.get("/state/{roomId}", {"roomId": room_id}, event_id=msg)
+        )
+        body = json.loads(encode_body(body))
+        pdus = {event_id_of(p, self.rv): p for p in body["pdus"]}
+        chain = {event_id_of(p, self.rv): p for p in body["auth_chain"]}
+        self.assertEqual(pdus[topic.event_id]["content"], {})
+        self.assertEqual(chain[first.event_id]["content"], {"membership": "join"})
+        alice = [p for p in body["pdus"] if p.get("state_key") == ALICE]
+        self.assertEqual(alice[0]["content"]["displayname"], "A2")
+        order = [(p["depth"], event_id_of(p, self.rv)) for p in body["auth_chain"]]
+        self.assertEqual(order, sorted(order))
+        self.assertEqual(list(pdus), sorted(pdus))
 
     async def test_redactions_apply_only_from_the_sender_or_with_power(self) -> None:
         await self.setup("11")
