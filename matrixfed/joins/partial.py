@@ -138,6 +138,7 @@ class PartialStateResync:
         self._server_name = server_name
         self._engine = engine
         self._running: dict[str, Deferred[bool]] = {}
+        self._runs: dict[str, _Run] = {}
 
     def start(self, room_id: str, join_event_id: str, servers: Sequence[str]) -> Deferred[bool]:
         """Start (or return the running) resync of ``room_id``.
@@ -148,11 +149,15 @@ class PartialStateResync:
         running = self._running.get(room_id)
         if running is not None:
             return _follow(running)
-        d = Deferred.fromCoroutine(self._run(room_id, join_event_id, list(servers)))
+        run = _Run()
+        d = Deferred.fromCoroutine(self._run(room_id, join_event_id, list(servers), run))
         self._running[room_id] = d
+        self._runs[room_id] = run
 
         def done(result: Any) -> Any:
-            self._running.pop(room_id, None)
+            if self._running.get(room_id) is d:
+                del self._running[room_id]
+                del self._runs[room_id]
             return result
 
         def stopped(failure: Failure) -> bool:
@@ -165,6 +170,10 @@ class PartialStateResync:
 
     def stop(self) -> None:
         """Cancel every running resync (service shutdown); rooms stay partial."""
+        for run in self._runs.values():
+            # A request that was under way may fail with its own error rather
+            # than CancelledError: the run must not go on to the next server.
+            run.stopped = True
         for d in list(self._running.values()):
             d.cancel()
 
@@ -205,9 +214,11 @@ class PartialStateResync:
         )
         return joins[0].event_id if joins else None
 
-    async def _run(self, room_id: str, join_event_id: str, servers: list[str]) -> bool:
+    async def _run(self, room_id: str, join_event_id: str, servers: list[str], run: _Run) -> bool:
         for attempt in range(1, RESYNC_MAX_ATTEMPTS + 1):
             for server in servers:
+                if run.stopped:
+                    raise CancelledError()
                 try:
                     await self._resync_from(server, room_id, join_event_id)
                 except CancelledError:
@@ -226,6 +237,8 @@ class PartialStateResync:
                     )
                 else:
                     return True
+            if run.stopped:
+                raise CancelledError()
             if attempt < RESYNC_MAX_ATTEMPTS:
                 await deferLater(self._clock, RESYNC_RETRY_SECONDS, lambda: None)
         log.error(
@@ -467,6 +480,13 @@ class PartialStateResync:
 
 
 Changes = dict[StateKey, str | None]
+
+
+@attrs.define(slots=True)
+class _Run:
+    """One running resync; ``stop()`` sets ``stopped``."""
+
+    stopped: bool = False
 
 
 @attrs.frozen(slots=True)
