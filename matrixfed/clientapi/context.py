@@ -16,13 +16,24 @@ import attrs
 
 from matrixfed.clientapi.accounts import Accounts
 from matrixfed.clientapi.common import TokenAuth
+from matrixfed.errors import MatrixError
 from matrixfed.federation.client import RequestOptions
 from matrixfed.rooms.engine import RoomEngine
 from matrixfed.rooms.notifier import Notifier
 from matrixfed.storage.store import Store
 from matrixfed.storage.users import UserStore
 
+# A request that needs the full member list of a partial-state room waits
+# this long for the background resync before answering 503: clients give up
+# on a request after about a minute, and a resync of a big room takes
+# seconds, not minutes.
+FULL_STATE_WAIT_SECONDS = 30.0
+# Retry hint of that 503.
+FULL_STATE_RETRY_AFTER_MS = 5000
+
 __all__ = [
+    "FULL_STATE_RETRY_AFTER_MS",
+    "FULL_STATE_WAIT_SECONDS",
     "ClientContext",
     "FederationQueries",
     "Joiner",
@@ -103,3 +114,29 @@ class ClientContext:
     federation: FederationQueries
     clock: Any
     backfill: Callable[[str, int], Any] | None = None
+
+    async def require_full_state(self, room_id: str, what: str) -> None:
+        """Wait (bounded) for a partial-state room's member list to be complete.
+
+        A room joined with partial state lacks most members until the
+        background resync ends: a member list must not be served from it,
+        and a member event about someone else must not be judged by it (the
+        auth rules would take an omitted member, even a banned one, for
+        someone who never joined).
+
+        Args:
+            what: what is waiting, for the 503's message.
+
+        Raises:
+            MatrixError: 503 when the resync has not finished in time.
+        """
+        info = await self.store.get_room(room_id)
+        if info is None or not info.partial_state:
+            return
+        if not await self.joiner.wait_for_full_state(room_id, FULL_STATE_WAIT_SECONDS):
+            raise MatrixError(
+                503,
+                "M_UNKNOWN",
+                f"{what}: the room's member list is still being fetched from other servers",
+                retry_after_ms=FULL_STATE_RETRY_AFTER_MS,
+            )

@@ -4,7 +4,10 @@
   token and request: the first request appends the event and records
   (token, room, type, txnId) -> event ID; a repeat, even one racing the first,
   answers the same event ID and appends nothing.
-- ``PUT|GET /rooms/{roomId}/state/{eventType}[/{stateKey}]``, ``GET /state``.
+- ``PUT|GET /rooms/{roomId}/state/{eventType}[/{stateKey}]``, ``GET /state``;
+  a member event about someone else in a room joined with partial state
+  first waits (bounded) for the full member list (the target's membership
+  judges it).
 - ``GET /rooms/{roomId}/messages`` pages in topological order (depth, then
   stream ordering). Tokens: ``t{depth}_{stream}`` (topological) and
   ``s{stream}`` (the ``/sync`` ``next_batch``/``prev_batch`` form); both are
@@ -43,13 +46,6 @@ DEFAULT_MESSAGES_LIMIT = 10
 MAX_MESSAGES_LIMIT = 1000
 # Events asked of a remote server per backfill round.
 BACKFILL_LIMIT = 100
-
-# /members of a partial-state room waits this long for the background resync
-# (the full member list) before answering 503: clients give up on a request
-# after about a minute, and a resync of a big room takes seconds, not minutes.
-MEMBERS_FULL_STATE_WAIT_SECONDS = 30.0
-# Retry hint of that 503.
-MEMBERS_RETRY_AFTER_MS = 5000
 
 # spec: a PDU is at most 65536 bytes of canonical JSON; content alone over that
 # can never fit, so it is refused before building the event.
@@ -168,12 +164,17 @@ class EventServlets:
     async def _put_state(self, request: ApiRequest, requester: Requester) -> JsonResponse:
         room_id = request.path_params["roomId"]
         content = _event_content(request)
+        event_type = request.path_params["eventType"]
+        state_key = request.path_params.get("stateKey", "")
+        if event_type == "m.room.member" and state_key != requester.user_id:
+            # Judged by the target's membership: not by a partial state's guess.
+            await self._ctx.require_full_state(room_id, f"membership of {state_key}")
         event = await self._ctx.engine.send_event(
             room_id,
-            type=request.path_params["eventType"],
+            type=event_type,
             sender=requester.user_id,
             content=content,
-            state_key=request.path_params.get("stateKey", ""),
+            state_key=state_key,
         )
         return 200, {"event_id": event.event_id}
 
@@ -210,30 +211,10 @@ class EventServlets:
             raise MatrixError(404, "M_NOT_FOUND", "Event not found.")
         return 200, format_client_event(event)
 
-    async def _require_full_state(self, room_id: str) -> None:
-        """Wait (bounded) for a partial-state room's member list to be complete.
-
-        A room joined with partial state lacks most members until the
-        background resync ends; a member list must not be served from it.
-
-        Raises:
-            MatrixError: 503 when the resync has not finished in time.
-        """
-        info = await self._ctx.store.get_room(room_id)
-        if info is None or not info.partial_state:
-            return
-        if not await self._ctx.joiner.wait_for_full_state(room_id, MEMBERS_FULL_STATE_WAIT_SECONDS):
-            raise MatrixError(
-                503,
-                "M_UNKNOWN",
-                "the room's member list is still being fetched from other servers",
-                retry_after_ms=MEMBERS_RETRY_AFTER_MS,
-            )
-
     async def _members(self, request: ApiRequest, requester: Requester) -> JsonResponse:
         room_id = request.path_params["roomId"]
         await self._require_joined(room_id, requester.user_id)
-        await self._require_full_state(room_id)
+        await self._ctx.require_full_state(room_id, "members")
         wanted = request.arg("membership")
         unwanted = request.arg("not_membership")
         chunk = []
@@ -250,7 +231,7 @@ class EventServlets:
     async def _joined_members(self, request: ApiRequest, requester: Requester) -> JsonResponse:
         room_id = request.path_params["roomId"]
         await self._require_joined(room_id, requester.user_id)
-        await self._require_full_state(room_id)
+        await self._ctx.require_full_state(room_id, "joined_members")
         joined: dict[str, dict[str, Any]] = {}
         for event in await self._current_state_events(room_id):
             if event.type == "m.room.member" and event.membership == "join":

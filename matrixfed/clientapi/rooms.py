@@ -10,7 +10,8 @@
 - ``leave`` goes to the coordinator too (rejecting a remote invite needs
   ``make_leave``/``send_leave``); ``invite``, ``kick``, ``ban`` and ``unban`` are
   member events appended by the engine (a remote invitee's server
-  countersigns the invite first).
+  countersigns the invite first); in a room joined with partial state they
+  first wait (bounded) for the full member list, which judges them.
 - ``GET /joined_rooms``.
 - ``GET /_matrix/client/unstable/org.matrixfed/join_progress?room=...``: the
   latest progress report of the requester's join of ``room`` that is running
@@ -221,6 +222,8 @@ class RoomServlets:
         assert target is not None
         if not is_valid_user_id(target):
             raise MatrixError(400, "M_INVALID_PARAM", f"Invalid user ID {target!r}")
+        # Judged by the target's membership: not by a partial state's guess.
+        await self._ctx.require_full_state(room_id, f"{membership} of {target}")
         content: dict[str, Any] = {"membership": membership}
         reason = get_str(body, "reason")
         if reason is not None:
