@@ -72,7 +72,7 @@ class PartialStateJoinTests(unittest.TestCase):
         held = HeldResync(b)
         token = await register(b, "bob")
         bob = b.user("bob")
-        result = await b.joiner.join(room_id, bob, servers=[a.name])
+        result = await _join(a, b, c, room_id, bob)
         self.assertTrue(result.partial_state)
         await eventually(lambda: bool(held.asked), "the resync starts")
 
@@ -114,12 +114,43 @@ class PartialStateJoinTests(unittest.TestCase):
         )
         await eventually(lambda: _has(c, later.event_id), "B's next message reaches C")
 
+    async def test_member_events_about_others_wait_for_the_full_state(self) -> None:
+        """Inviting carol, whose membership the partial state omits, is judged
+        by the full state (she is joined: refused), not by her absence."""
+        a, b, c, room_id, carol = await self._room_with_a_member_on_c()
+        held = HeldResync(b)
+        token = await register(b, "bob")
+        bob = b.user("bob")
+        await _join(a, b, c, room_id, bob)
+        await eventually(lambda: bool(held.asked), "the resync starts")
+        invited: Deferred[tuple[int, Any]] = Deferred.fromCoroutine(
+            call(b, "POST", f"/rooms/{room_id}/invite", {"user_id": carol}, token=token)
+        )
+        via_state: Deferred[tuple[int, Any]] = Deferred.fromCoroutine(
+            call(
+                b,
+                "PUT",
+                f"/rooms/{room_id}/state/m.room.member/{carol}",
+                {"membership": "invite"},
+                token=token,
+            )
+        )
+        await deferLater(reactor, EARLY_ANSWER_GRACE_SECONDS)
+        self.assertFalse(invited.called, "the invite was judged by the partial state")
+        self.assertFalse(via_state.called, "the member event was judged by the partial state")
+        held.release()
+        for answer in (invited, via_state):
+            code, body = await answer
+            self.assertEqual((code, body["errcode"]), (403, "M_FORBIDDEN"), body)
+        membership = await b.store.get_membership(room_id, carol)
+        self.assertEqual(membership[0], "join")
+
     async def test_members_answer_503_when_the_resync_is_not_running(self) -> None:
         a, b, c, room_id, carol = await self._room_with_a_member_on_c()
         held = HeldResync(b)
         token = await register(b, "bob")
         bob = b.user("bob")
-        await b.joiner.join(room_id, bob, servers=[a.name])
+        await _join(a, b, c, room_id, bob)
         await eventually(lambda: bool(held.asked), "the resync starts")
         b.joiner.resync.stop()  # as after giving up: the room stays partial
         code, body = await call(b, "GET", f"/rooms/{room_id}/members", token=token)
@@ -148,7 +179,7 @@ class PartialStateJoinTests(unittest.TestCase):
         )
         held = HeldResync(b)
         bob = b.user("bob")
-        result = await b.joiner.join(room_id, bob, servers=[a.name])
+        result = await _join(a, b, c, room_id, bob)
         await eventually(lambda: bool(held.asked), "the resync starts")
 
         state = await a.store.get_current_state_ids(room_id)
@@ -197,7 +228,7 @@ class PartialStateJoinTests(unittest.TestCase):
         a, b, c, room_id, carol = await self._room_with_a_member_on_c()
         held = HeldResync(b)
         bob = b.user("bob")
-        result = await b.joiner.join(room_id, bob, servers=[a.name])
+        result = await _join(a, b, c, room_id, bob)
         await eventually(lambda: bool(held.asked), "the resync starts")
         during = await a.engine.send_event(
             room_id, type="m.room.message", sender=a.user("alice"), content={"body": "hi"}
@@ -245,7 +276,7 @@ class PartialStateJoinTests(unittest.TestCase):
         held = HeldResync(b)
         token = await register(b, "bob")
         bob = b.user("bob")
-        await b.joiner.join(room_id, bob, servers=[a.name])
+        await _join(a, b, c, room_id, bob)
         await eventually(lambda: bool(held.asked), "the resync starts")
         code, first = await call(b, "GET", "/sync", token=token)
         self.assertEqual(code, 200, first)
@@ -319,7 +350,7 @@ class PartialStateJoinTests(unittest.TestCase):
         )
         held = HeldResync(b)
         bob = b.user("bob")
-        result = await b.joiner.join(room_id, bob, servers=[a.name])
+        result = await _join(a, b, c, room_id, bob)
         await eventually(lambda: bool(held.asked), "the resync starts")
         rv = await a.store.get_room_version(room_id)
         create_id = await a.store.get_current_state_event_id(room_id, "m.room.create", "")
@@ -378,6 +409,7 @@ class PartialStateJoinTests(unittest.TestCase):
             await a.store.get_current_state_ids(room_id),
         )
         await eventually(lambda: _has(a, later.event_id), "B's next message reaches A")
+        await eventually(lambda: _has(c, later.event_id), "B's next message reaches C")
 
     async def test_a_fork_received_while_partial_is_resolved_over_the_full_state(
         self,
@@ -390,7 +422,7 @@ class PartialStateJoinTests(unittest.TestCase):
         alice = a.user("alice")
         held = HeldResync(b)
         bob = b.user("bob")
-        result = await b.joiner.join(room_id, bob, servers=[a.name])
+        result = await _join(a, b, c, room_id, bob)
         await eventually(lambda: bool(held.asked), "the resync starts")
         rv = await a.store.get_room_version(room_id)
         state = await a.store.get_current_state_ids(room_id)
@@ -455,6 +487,16 @@ class PartialStateServersTests(unittest.TestCase):
         bounded = partial_state_servers("a.example", many, "ours.example")
         self.assertEqual(len(bounded), MAX_PARTIAL_STATE_SERVERS)
         self.assertEqual(bounded[:2], ["a.example", "s0.example"])
+
+
+async def _join(
+    a: ServerHandle, b: ServerHandle, c: ServerHandle, room_id: str, user_id: str
+) -> Any:
+    """B's user joins through A; returns once C (A forwards it) has the join
+    too, so no server is still busy with it when the test ends."""
+    result = await b.joiner.join(room_id, user_id, servers=[a.name])
+    await eventually(lambda: _has(c, result.event_id), "B's join reaches C")
+    return result
 
 
 def _state_and_timeline(room: Any) -> list[Any]:
