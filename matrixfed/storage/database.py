@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from importlib.resources.abc import Traversable
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast
 
@@ -190,15 +190,16 @@ class Transaction:
             placeholders = "(" + ", ".join("?" * width) + ")"
             self._cursor.executemany(f"{sql_prefix} {placeholders} {suffix}", rows)
 
-    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         """Bulk-insert plain rows (no conflict handling): ``COPY`` on PostgreSQL,
         multi-row ``INSERT`` statements on SQLite. The fastest way to write a
         large batch.
 
-        Values must be None, str or int (not bool).
+        Values must be None, str or int (not bool). ``rows`` may be a
+        generator: it is consumed once, a statement's worth at a time on
+        SQLite, so a large batch need not exist as tuples all at once (tens of
+        thousands of live tuples cost cyclic-GC passes over the whole heap).
         """
-        if not rows:
-            return
         cols = ", ".join(columns)
         if self.engine == "postgres":
             # COPY text format. Only values holding a backslash, tab, newline
@@ -223,21 +224,19 @@ class Transaction:
                     )
                 )
                 write("\n")
-            buf.seek(0)
-            self._cursor.copy_expert(f"COPY {table} ({cols}) FROM STDIN", buf)
+            if buf.tell():
+                buf.seek(0)
+                self._cursor.copy_expert(f"COPY {table} ({cols}) FROM STDIN", buf)
         else:
             width = len(columns)
             per = max(1, min(SQLITE_COPY_ROWS_PER_INSERT, SQLITE_MAX_PARAMS // width))
             execute = self._cursor.execute
             flat = chain.from_iterable
-            whole = len(rows) - len(rows) % per
-            if whole:
-                sql = _multi_row_insert(table, cols, width, per)
-                for i in range(0, whole, per):
-                    execute(sql, list(flat(rows[i : i + per])))
-            if whole < len(rows):
-                rest = rows[whole:]
-                execute(_multi_row_insert(table, cols, width, len(rest)), list(flat(rest)))
+            it = iter(rows)
+            while chunk := list(islice(it, per)):
+                execute(_multi_row_insert(table, cols, width, len(chunk)), list(flat(chunk)))
+                if len(chunk) < per:
+                    break
 
     def prefer_index_lookups(self) -> None:
         """For the rest of this transaction, plan joins as index lookups (PostgreSQL).

@@ -32,7 +32,7 @@ async read API. Groups are immutable: cached by id once committed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -380,19 +380,30 @@ class StateGroupBuilder:
             return mapping[g] if g < 0 else g
 
         group_rows: list[tuple[Any, ...]] = []
-        state_rows: list[tuple[Any, ...]] = []
         for t in temps:
-            g = self._new[t]
-            m = g.meta
-            gid = mapping[t]
+            m = self._new[t].meta
             group_rows.append(
-                (gid, self._room_id, real(m.prev_group), real(m.parent_group), m.seq)
+                (mapping[t], self._room_id, real(m.prev_group), real(m.parent_group), m.seq)
                 + tuple(real(a) for a in m.anchors)
             )
-            for (typ, sk), eid in g.delta.items():
-                if eid is None and m.prev_group is None:
-                    continue  # a snapshot needs no tombstones
-                state_rows.append((gid, typ, sk, eid))
+
+        # Generated as copy_rows consumes them (a 10,000-member snapshot would
+        # otherwise be 10,000 tuples alive at once, work for the cyclic GC),
+        # in primary-key order: new groups have the largest IDs, so their
+        # rows are appended at the end of the B-tree instead of splitting
+        # pages in the middle.
+        def state_rows() -> Iterator[tuple[int, str, str, str | None]]:
+            for t in temps:
+                g = self._new[t]
+                gid = mapping[t]
+                snapshot = g.meta.prev_group is None
+                delta = g.delta
+                for key in sorted(delta):
+                    eid = delta[key]
+                    if eid is None and snapshot:
+                        continue  # a snapshot needs no tombstones
+                    yield (gid, key[0], key[1], eid)
+
         self._txn.copy_rows(
             "state_groups",
             ("id", "room_id", "prev_group", "parent_group", "seq")
@@ -400,7 +411,7 @@ class StateGroupBuilder:
             group_rows,
         )
         self._txn.copy_rows(
-            "state_groups_state", ("state_group", "type", "state_key", "event_id"), state_rows
+            "state_groups_state", ("state_group", "type", "state_key", "event_id"), state_rows()
         )
         fulls = [(mapping[t], g.full) for t, g in self._new.items() if g.full is not None]
         if fulls:

@@ -212,7 +212,12 @@ class DatabaseTestsMixin:
             txn.execute("SELECT event_id, auth_id FROM event_auth ORDER BY event_id")
             return [tuple(r) for r in txn.fetchall()]
 
-        await db.run_interaction("copy", lambda txn: txn.copy_rows("event_auth", AUTH, rows))
+        # Rows may come from a generator, consumed as they are written.
+        await db.run_interaction(
+            "copy", lambda txn: txn.copy_rows("event_auth", AUTH, (r for r in rows))
+        )
+        t.assertEqual(await db.run_interaction("read", read), rows)
+        await db.run_interaction("none", lambda txn: txn.copy_rows("event_auth", AUTH, iter([])))
         t.assertEqual(await db.run_interaction("read", read), rows)
 
         # A duplicate in the last statement fails the interaction: none of the
