@@ -54,9 +54,14 @@ PROGRESS_LOG_EVERY = 5000
 MAX_EVENTS_FETCHED_SINGLY = 50
 # /event requests in flight at once during a resync.
 EVENT_FETCH_CONCURRENCY = 10
-# Seconds between resync attempts of a partial-state room, and how many.
+# Seconds between resync rounds of a partial-state room, and how many rounds
+# at that pace (a server restarting, a network blip).
 RESYNC_RETRY_SECONDS = 30.0
 RESYNC_MAX_ATTEMPTS = 5
+# After those, one round per this many seconds until it works: a room left
+# partial judges received events by their auth events only, so it never
+# stops trying (until shutdown; resumed at start-up).
+RESYNC_SLOW_RETRY_SECONDS = 600.0
 
 
 # --- interfaces --------------------------------------------------------------

@@ -513,7 +513,7 @@ class JoinCoordinator:
         Returns:
             True when the room is not (or no longer) in partial state; False
             when the resync is still running after ``timeout``, or is not
-            running at all (it gave up; resumed at the next start-up).
+            running at all (stopped; resumed at the next start-up).
         """
         info = await self._store.get_room(room_id)
         if info is None or not info.partial_state:

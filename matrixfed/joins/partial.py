@@ -36,8 +36,9 @@ A crash before the commit leaves the room partial and nothing of step 5
 written; the resync runs again at start-up.
 
 Servers are tried in turn; a round that fails everywhere is retried after
-``RESYNC_RETRY_SECONDS``, up to ``RESYNC_MAX_ATTEMPTS`` rounds, after which
-the room stays partial (logged; resumed at the next start-up). Entries of the
+``RESYNC_RETRY_SECONDS``, and after ``RESYNC_MAX_ATTEMPTS`` such rounds
+every ``RESYNC_SLOW_RETRY_SECONDS`` (logged) until it works or the service
+stops (resumed at the next start-up). Entries of the
 answer pointing at events that fail the checks are left out, as in a join.
 
 Known limits: the full state comes from one server's ``/state_ids`` at our
@@ -77,6 +78,7 @@ from matrixfed.joins.api import (
     MAX_EVENTS_FETCHED_SINGLY,
     RESYNC_MAX_ATTEMPTS,
     RESYNC_RETRY_SECONDS,
+    RESYNC_SLOW_RETRY_SECONDS,
     AttemptError,
     JoinFederationClient,
     RoomEngineLike,
@@ -144,7 +146,8 @@ class PartialStateResync:
         """Start (or return the running) resync of ``room_id``.
 
         Returns:
-            Fires with True once the room has its full state, False if it gave up.
+            Fires with True once the room has its full state, False if
+            ``stop()`` ended it first.
         """
         running = self._running.get(room_id)
         if running is not None:
@@ -215,7 +218,9 @@ class PartialStateResync:
         return joins[0].event_id if joins else None
 
     async def _run(self, room_id: str, join_event_id: str, servers: list[str], run: _Run) -> bool:
-        for attempt in range(1, RESYNC_MAX_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             for server in servers:
                 if run.stopped:
                     raise CancelledError()
@@ -239,14 +244,18 @@ class PartialStateResync:
                     return True
             if run.stopped:
                 raise CancelledError()
-            if attempt < RESYNC_MAX_ATTEMPTS:
-                await deferLater(self._clock, RESYNC_RETRY_SECONDS, lambda: None)
-        log.error(
-            "giving up the resync of partial-state room {room_id} after {n} rounds",
-            room_id=room_id,
-            n=RESYNC_MAX_ATTEMPTS,
-        )
-        return False
+            if attempt == RESYNC_MAX_ATTEMPTS:
+                log.error(
+                    "partial-state room {room_id} still partial after {n} rounds; trying"
+                    " again every {slow:.0f} s",
+                    room_id=room_id,
+                    n=attempt,
+                    slow=RESYNC_SLOW_RETRY_SECONDS,
+                )
+            pause = (
+                RESYNC_RETRY_SECONDS if attempt < RESYNC_MAX_ATTEMPTS else RESYNC_SLOW_RETRY_SECONDS
+            )
+            await deferLater(self._clock, pause, lambda: None)
 
     async def _resync_from(self, server: str, room_id: str, join_event_id: str) -> None:
         started = self._clock.seconds()

@@ -18,8 +18,10 @@ from twisted.trial import unittest
 from matrixfed.errors import MatrixError, RemoteError
 from matrixfed.events.room_versions import KNOWN_ROOM_VERSIONS
 from matrixfed.joins import JoinCoordinator, JoinFailed, JoinProgress, PoolRunner
+from matrixfed.joins.api import RESYNC_MAX_ATTEMPTS, RESYNC_SLOW_RETRY_SECONDS
 from matrixfed.storage.store import Store
 from tests.auth.roombuilder import RoomBuilder
+from tests.harness.servers import eventually
 from tests.joins.resident import (
     CREATOR,
     OURS,
@@ -623,6 +625,41 @@ class PartialStateTests(SqliteMixin, JoinTestMixin, unittest.TestCase):
         gate.callback(None)
         finished = self.coordinator.resync.finished(self.room_id)
         assert finished is not None
+        self.assertTrue(await finished)
+        current = await self.store.get_current_state_ids(self.room_id)
+        self.assertIn(("m.room.member", "@m1:other.example"), current)
+
+    async def test_resync_keeps_trying_after_the_quick_rounds(self) -> None:
+        """/state_ids fails for the quick rounds and two slow ones: the room
+        stays partial meanwhile and is complete once the resident answers."""
+        await self.setup_join(build_room("11", members=3), partial_state=True)
+        failing = RESYNC_MAX_ATTEMPTS + 2
+        self.residents.errors[(RESIDENT, "state_ids")] = RemoteError(
+            RESIDENT, "unavailable", reachable=True, transient=True, code=503
+        )
+        await self.coordinator.join(self.room_id, user("bob"))
+        finished = self.coordinator.resync.finished(self.room_id)
+        assert finished is not None
+
+        def asked() -> int:
+            return sum(1 for s, n in self.residents.calls if (s, n) == (RESIDENT, "state_ids"))
+
+        for round_ in range(1, failing):
+            await eventually(
+                lambda r=round_: asked() == r and bool(self.clock.getDelayedCalls()),
+                f"round {round_} fails and waits",
+            )
+            self.assertFalse(finished.called)
+            self.clock.advance(RESYNC_SLOW_RETRY_SECONDS)
+        await eventually(
+            lambda: asked() == failing and bool(self.clock.getDelayedCalls()),
+            f"round {failing} fails and waits",
+        )
+        del self.residents.errors[(RESIDENT, "state_ids")]
+        info = await self.store.get_room(self.room_id)
+        assert info is not None
+        self.assertTrue(info.partial_state)
+        self.clock.advance(RESYNC_SLOW_RETRY_SECONDS)
         self.assertTrue(await finished)
         current = await self.store.get_current_state_ids(self.room_id)
         self.assertIn(("m.room.member", "@m1:other.example"), current)

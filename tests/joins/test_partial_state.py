@@ -152,7 +152,7 @@ class PartialStateJoinTests(unittest.TestCase):
         bob = b.user("bob")
         await _join(a, b, c, room_id, bob)
         await eventually(lambda: bool(held.asked), "the resync starts")
-        b.joiner.resync.stop()  # as after giving up: the room stays partial
+        b.joiner.resync.stop()  # as at shutdown: the room stays partial
         code, body = await call(b, "GET", f"/rooms/{room_id}/members", token=token)
         self.assertEqual((code, body["errcode"]), (503, "M_UNKNOWN"), body)
         self.assertIn("retry_after_ms", body)
