@@ -42,7 +42,6 @@ Failures surface as the driver's exceptions (``sqlite3.Error``,
 from __future__ import annotations
 
 import importlib.resources
-import io
 import re
 import sqlite3
 import time
@@ -92,6 +91,9 @@ SQLITE_WAL_AUTOCHECKPOINT_PAGES = 65536
 SQLITE_WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 # Rows per round trip when executemany runs on PostgreSQL.
 PG_EXECUTEMANY_PAGE_SIZE = 1000
+# COPY data handed to libpq per read (characters): large enough to cost few
+# calls, small enough that the server starts on the rows while we make more.
+PG_COPY_CHUNK_CHARS = 64 * 1024
 # Bound parameters per SQLite statement: SQLite's own limit (999 before 3.32).
 SQLITE_MAX_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 # Rows per multi-row INSERT of copy_rows on SQLite: executemany pays a
@@ -127,6 +129,46 @@ def _multi_row_insert(table: str, cols: str, width: int, nrows: int) -> str:
 # COPY text format: backslash, tab, newline and CR are escaped; NULL is \N.
 _COPY_DIRTY = re.compile(r"[\\\t\n\r]").search
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+class _CopyTextReader:
+    """Rows as COPY text, made as psycopg2 reads them (a file-like ``read``).
+
+    The server parses and indexes each chunk while the next one is built, so
+    the two overlap instead of the whole batch being formatted first.
+    """
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: Iterable[Sequence[Any]]) -> None:
+        self._rows = iter(rows)
+
+    def read(self, size: int = -1) -> str:
+        # Only values holding a backslash, tab, newline or CR need escaping;
+        # finding them is one C-level regex search.
+        dirty = _COPY_DIRTY
+        esc = _COPY_ESCAPES
+        lines: list[str] = []
+        n = 0
+        for row in self._rows:
+            line = "\t".join(
+                [
+                    "\\N"
+                    if v is None
+                    else (
+                        (v.translate(esc) if dirty(v) else v) if v.__class__ is str else str(int(v))
+                    )
+                    for v in row
+                ]
+            )
+            lines.append(line)
+            n += len(line) + 1
+            if 0 <= size <= n:
+                break
+        if not lines:
+            return ""
+        lines.append("")
+        return "\n".join(lines)
 
 
 class Transaction:
@@ -197,36 +239,20 @@ class Transaction:
 
         Values must be None, str or int (not bool). ``rows`` may be a
         generator: it is consumed once, a statement's worth at a time on
-        SQLite, so a large batch need not exist as tuples all at once (tens of
-        thousands of live tuples cost cyclic-GC passes over the whole heap).
+        SQLite and a COPY chunk at a time on PostgreSQL, so a large batch
+        need not exist as tuples all at once (tens of thousands of live tuples
+        cost cyclic-GC passes over the whole heap).
         """
         cols = ", ".join(columns)
         if self.engine == "postgres":
-            # COPY text format. Only values holding a backslash, tab, newline
-            # or CR need escaping; finding them is one C-level regex search.
-            buf = io.StringIO()
-            write = buf.write
-            dirty = _COPY_DIRTY
-            esc = _COPY_ESCAPES
-            for row in rows:
-                write(
-                    "\t".join(
-                        [
-                            "\\N"
-                            if v is None
-                            else (
-                                (v.translate(esc) if dirty(v) else v)
-                                if v.__class__ is str
-                                else str(int(v))
-                            )
-                            for v in row
-                        ]
-                    )
+            it = iter(rows)
+            first = next(it, None)
+            if first is not None:
+                self._cursor.copy_expert(
+                    f"COPY {table} ({cols}) FROM STDIN",
+                    _CopyTextReader(chain((first,), it)),
+                    PG_COPY_CHUNK_CHARS,
                 )
-                write("\n")
-            if buf.tell():
-                buf.seek(0)
-                self._cursor.copy_expert(f"COPY {table} ({cols}) FROM STDIN", buf)
         else:
             width = len(columns)
             per = max(1, min(SQLITE_COPY_ROWS_PER_INSERT, SQLITE_MAX_PARAMS // width))
