@@ -18,6 +18,8 @@ from twisted.trial import unittest
 
 from matrixfed.federation.client import federation_path
 from matrixfed.joins.partial import MAX_PARTIAL_STATE_SERVERS, partial_state_servers
+from matrixfed.storage import partial_state as partial_state_store
+from matrixfed.storage.state_deltas import record_state_delta
 from tests.clientapi.test_federation import call, register
 from tests.harness.servers import ServerHandle, TestNetwork, eventually, reactor
 
@@ -144,6 +146,44 @@ class PartialStateJoinTests(unittest.TestCase):
             self.assertEqual((code, body["errcode"]), (403, "M_FORBIDDEN"), body)
         membership = await b.store.get_membership(room_id, carol)
         self.assertEqual(membership[0], "join")
+
+    async def test_a_failed_completion_writes_nothing(self) -> None:
+        """The completion is one transaction: when its last write fails, the
+        room is still partial with its partial state groups, none of the
+        fetched events is stored, and a later run completes it."""
+        a, b, c, room_id, carol = await self._room_with_a_member_on_c()
+        held = HeldResync(b)
+        bob = b.user("bob")
+        result = await _join(a, b, c, room_id, bob)
+        await eventually(lambda: bool(held.asked), "the resync starts")
+        partial_before = await b.store.get_state_before(result.event_id)
+        carol_member = (await a.store.get_current_state_ids(room_id))[("m.room.member", carol)]
+        failures: list[str] = []
+
+        def broken(*args: Any) -> None:
+            failures.append(args[2])
+            raise RuntimeError("disk full")
+
+        self.patch(partial_state_store, "record_state_delta", broken)
+        held.release()
+        await eventually(lambda: len(failures) >= 2, "the completion fails (A, then C)")
+        b.joiner.resync.stop()
+        await eventually(lambda: b.joiner.resync.finished(room_id) is None, "the run ends")
+        self.flushLoggedErrors(RuntimeError)
+        self.assertTrue((await b.store.get_room(room_id)).partial_state)
+        self.assertEqual(await b.store.get_state_before(result.event_id), partial_before)
+        self.assertIsNone(await b.store.get_event(carol_member))
+        self.assertIsNone(await b.store.get_membership(room_id, carol))
+        self.assertIn(c.name, await b.store.get_partial_state_servers(room_id))
+
+        self.patch(partial_state_store, "record_state_delta", record_state_delta)
+        self.assertTrue(await b.joiner.resync.start(room_id, result.event_id, [a.name]))
+        self.assertFalse((await b.store.get_room(room_id)).partial_state)
+        self.assertEqual(await b.store.get_membership(room_id, carol), ("join", carol_member))
+        self.assertEqual(
+            (await b.store.get_state_before(result.event_id))[("m.room.member", carol)],
+            carol_member,
+        )
 
     async def test_members_answer_503_when_the_resync_is_not_running(self) -> None:
         a, b, c, room_id, carol = await self._room_with_a_member_on_c()
