@@ -356,12 +356,12 @@ class PartialStateResync:
         the order they were stored (prev_events first), the state before
         each is the state after its prev_events (resolved when they differ;
         a prev_event from before our join brings its stored state, else the
-        event's stored state). Events of other servers
-        are checked again: failing the state before them, they are rejected;
-        failing the current state they arrived in (the state of the forward
-        extremities at that point of the walk), soft-failed. Every state is
-        held as changes relative to ``base`` (``_changes``), so the walk
-        costs memory in proportion to the changes, not to the room's size.
+        event's stored state). Events of other servers are checked again:
+        failing the state before them, they are rejected; failing the
+        current state they arrived in (the state of the forward extremities
+        at that point of the walk), soft-failed. Every state is held as
+        changes relative to ``base`` (``_changes``), so the walk costs memory
+        in proportion to the changes, not to the room's size.
         """
         join = await self._store.get_event(join_event_id)
         if join is None:
@@ -422,7 +422,7 @@ class PartialStateResync:
         after: Mapping[str, Changes],
     ) -> Changes:
         sets: list[Changes] = []
-        overlaid = False
+        own_added = False
         for prev in dict.fromkeys(event.prev_event_ids):
             if prev in after:
                 sets.append(after[prev])
@@ -430,10 +430,10 @@ class PartialStateResync:
             stored = await self._store.get_state_after(prev)
             if stored is not None:
                 sets.append(_changes(base, stored))
-            elif not overlaid:
+            elif not own_added:
                 # A prev_event we never had: the event's state came from
                 # another server's /state_ids then, not from partial state.
-                overlaid = True
+                own_added = True
                 own = await self._store.get_state_before(event.event_id) or {}
                 sets.append(_changes(base, own))
         return await self._resolve(rv, base, sets)
