@@ -85,17 +85,55 @@ def _rows_to_events(rows: list[tuple[Any, ...]]) -> list[tuple[Any, Event]]:
 
 
 @attrs.frozen(slots=True)
-class StoredWithAuthChain:
-    """Stored JSON texts of some events and of their auth chain (one read)."""
+class StoredJson:
+    """Stored JSON texts of some events, with the ones a redaction targets."""
 
-    # event_id -> (depth, the stored PDU's JSON text), for the given events
-    # and the chain events that are stored.
+    # event_id -> (depth, the stored PDU's JSON text), for the stored ones.
     json: dict[str, tuple[int, str]]
-    # Every event reachable through auth_events from the given ones.
-    chain_ids: frozenset[str]
     # Those of ``json`` that some stored redaction targets (whether it
     # applies is for the caller to judge).
     redaction_targets: frozenset[str]
+
+
+def _fetch_json_marked(
+    txn: Transaction, chunk: list[str], out: dict[str, tuple[int, str]], redacted: set[str]
+) -> None:
+    """Rows of ``chunk`` into ``out``; those a stored redaction targets into ``redacted``."""
+    txn.execute(
+        "SELECT e.event_id, e.depth, e.json, r.event_id FROM events e"
+        " LEFT JOIN redactions r ON r.redacts = e.event_id"
+        f" WHERE e.event_id IN ({_in(len(chunk))})",
+        chunk,
+    )
+    for eid, depth, js, redaction in txn.fetchall():
+        out[eid] = (int(depth), js)
+        if redaction is not None:
+            redacted.add(eid)
+
+
+def _auth_ids_txn(txn: Transaction, chunk: list[str]) -> set[str]:
+    """The distinct auth events of ``chunk`` (one level)."""
+    txn.execute(
+        f"SELECT DISTINCT auth_id FROM event_auth WHERE event_id IN ({_in(len(chunk))})", chunk
+    )
+    return {r[0] for r in txn.fetchall()}
+
+
+def _chain_above_txn(txn: Transaction, frontier: set[str]) -> set[str]:
+    """Every event reachable through auth_events from ``frontier``: the walk
+    in SQL (deep chains take one statement per chunk, not one per level)."""
+    out: set[str] = set()
+    for chunk in _chunks(sorted(frontier)):
+        txn.execute(
+            "WITH RECURSIVE chain(id) AS ("
+            f" SELECT auth_id FROM event_auth WHERE event_id IN ({_in(len(chunk))})"
+            " UNION"
+            " SELECT a.auth_id FROM event_auth a JOIN chain c ON a.event_id = c.id"
+            ") SELECT id FROM chain",
+            chunk,
+        )
+        out.update(r[0] for r in txn.fetchall())
+    return out
 
 
 class EventsStoreMixin(StoreBase):
@@ -143,75 +181,22 @@ class EventsStoreMixin(StoreBase):
             return {}
         return await self.db.run_interaction("get_event_json", txn_fn)
 
-    async def get_event_json_with_auth_chain(self, event_ids: Iterable[str]) -> StoredWithAuthChain:
-        """``get_event_json`` of ``event_ids`` and of their auth chain
-        (``get_auth_chain_ids``), with the events that have a stored
-        redaction, in one transaction.
-
-        For answers of a whole room state (send_join): the events' rows,
-        their auth edges and redactions are read in one pass over the IDs,
-        and the rest of the chain is walked from the distinct auth events
-        found, so a chain shared by 10,000 state events is walked from a few
-        starting points, not once per chunk of them.
-        """
+    async def get_event_json_marked(self, event_ids: Iterable[str]) -> StoredJson:
+        """``get_event_json`` with the events that a stored redaction targets,
+        in one query per chunk (a batch of a streamed answer)."""
         ids = list(dict.fromkeys(event_ids))
 
-        def fetch_json(
-            txn: Transaction,
-            chunk: list[str],
-            out: dict[str, tuple[int, str]],
-            redacted: set[str],
-        ) -> None:
-            txn.execute(
-                "SELECT e.event_id, e.depth, e.json, r.event_id FROM events e"
-                " LEFT JOIN redactions r ON r.redacts = e.event_id"
-                f" WHERE e.event_id IN ({_in(len(chunk))})",
-                chunk,
-            )
-            for eid, depth, js, redaction in txn.fetchall():
-                out[eid] = (int(depth), js)
-                if redaction is not None:
-                    redacted.add(eid)
-
-        def auth_ids(txn: Transaction, chunk: list[str]) -> set[str]:
-            txn.execute(
-                f"SELECT DISTINCT auth_id FROM event_auth WHERE event_id IN ({_in(len(chunk))})",
-                chunk,
-            )
-            return {r[0] for r in txn.fetchall()}
-
-        def txn_fn(txn: Transaction) -> StoredWithAuthChain:
+        def txn_fn(txn: Transaction) -> StoredJson:
             out: dict[str, tuple[int, str]] = {}
             redacted: set[str] = set()
-            chain: set[str] = set()
-            frontier: set[str] = set()
             txn.prefer_index_lookups()
             for chunk in _chunks(ids):
-                fetch_json(txn, chunk, out, redacted)
-                frontier |= auth_ids(txn, chunk)
-            chain |= frontier
-            for chunk in _chunks(sorted(frontier)):
-                # The rest of the walk in SQL (deep chains: one statement).
-                txn.execute(
-                    "WITH RECURSIVE chain(id) AS ("
-                    f" SELECT auth_id FROM event_auth WHERE event_id IN ({_in(len(chunk))})"
-                    " UNION"
-                    " SELECT a.auth_id FROM event_auth a JOIN chain c ON a.event_id = c.id"
-                    ") SELECT id FROM chain",
-                    chunk,
-                )
-                chain.update(r[0] for r in txn.fetchall())
-            for chunk in _chunks(sorted(chain.difference(out))):
-                fetch_json(txn, chunk, out, redacted)
-            return StoredWithAuthChain(
-                json=out, chain_ids=frozenset(chain), redaction_targets=frozenset(redacted)
-            )
+                _fetch_json_marked(txn, chunk, out, redacted)
+            return StoredJson(json=out, redaction_targets=frozenset(redacted))
 
         if not ids:
-            return StoredWithAuthChain(
-                json={}, chain_ids=frozenset(), redaction_targets=frozenset()
-            )
-        return await self.db.run_interaction("get_event_json_with_auth_chain", txn_fn)
+            return StoredJson(json={}, redaction_targets=frozenset())
+        return await self.db.run_interaction("get_event_json_marked", txn_fn)
 
     async def have_events(self, event_ids: Iterable[str]) -> set[str]:
         """Which of ``event_ids`` are stored (outliers and rejected included)."""
@@ -279,19 +264,14 @@ class EventsStoreMixin(StoreBase):
         ids = list(dict.fromkeys(event_ids))
 
         def txn_fn(txn: Transaction) -> set[str]:
-            out: set[str] = set()
+            # The first level over every given event, then the rest from the
+            # distinct events found: a room state's 10,000 events share a
+            # chain that is walked once, not once per chunk of them.
             txn.prefer_index_lookups()
+            frontier: set[str] = set()
             for chunk in _chunks(ids):
-                txn.execute(
-                    "WITH RECURSIVE chain(id) AS ("
-                    f" SELECT auth_id FROM event_auth WHERE event_id IN ({_in(len(chunk))})"
-                    " UNION"
-                    " SELECT a.auth_id FROM event_auth a JOIN chain c ON a.event_id = c.id"
-                    ") SELECT id FROM chain",
-                    chunk,
-                )
-                out.update(r[0] for r in txn.fetchall())
-            return out
+                frontier |= _auth_ids_txn(txn, chunk)
+            return frontier | _chain_above_txn(txn, frontier)
 
         chain = await self.db.run_interaction("get_auth_chain_ids", txn_fn)
         if include_given:

@@ -67,10 +67,11 @@ class EventsTestsMixin(DatabaseMixin):
         self.assertEqual(len(chain), 599 + 3)
         self.assertNotIn(jr.event_id, chain)
 
-    async def test_json_with_auth_chain_is_the_separate_reads(self) -> None:
-        # What a send_join answer reads in one transaction: the same as
-        # get_event_json + get_auth_chain_ids + get_redactions_for, over more
-        # IDs than one SQL chunk and a chain deeper than one level.
+    async def test_reads_of_a_room_state_answer(self) -> None:
+        # What a send_join answer reads: the auth chain of more IDs than one
+        # SQL chunk, deeper than one level (the first level is read over all
+        # of them, the rest walked from the distinct events found), and the
+        # JSON texts with the events a stored redaction targets.
         store = await self.make_store()
         room = RoomFactory()
         create, join, pl, jr = room.create_room()
@@ -103,20 +104,27 @@ class EventsTestsMixin(DatabaseMixin):
         start = [pl.event_id, jr.event_id, odd.event_id, "$unknown:x"]
         start += [m.event_id for m in members]
 
-        got = await store.get_event_json_with_auth_chain(start)
+        by_id = {e.event_id: e for e in [*events, *redactions, odd]}
+        expected: set[str] = set()
+        todo = [a for e in start if e in by_id for a in by_id[e].auth_event_ids]
+        while todo:
+            eid = todo.pop()
+            if eid not in expected:
+                expected.add(eid)
+                todo.extend(by_id[eid].auth_event_ids if eid in by_id else ())
         chain = await store.get_auth_chain_ids(start)
-        self.assertEqual(got.chain_ids, chain)
+        self.assertEqual(chain, expected)
+        self.assertIn("$never:stored", chain)
+        self.assertEqual(len(chain), 4 + 11 + 1)
+
+        got = await store.get_event_json_marked([*start, *chain])
         self.assertEqual(got.json, await store.get_event_json([*start, *chain]))
         self.assertEqual(
-            got.redaction_targets,
-            set(await store.get_redactions_for([*start, *chain])),
+            got.redaction_targets, set(await store.get_redactions_for([*start, *chain]))
         )
         self.assertEqual(got.redaction_targets, {members[5].event_id, join.event_id})
-        self.assertIn("$never:stored", got.chain_ids)
-        self.assertEqual(len(got.chain_ids), 4 + 11 + 1)
-
-        empty = await store.get_event_json_with_auth_chain([])
-        self.assertEqual((empty.json, empty.chain_ids), ({}, frozenset()))
+        empty = await store.get_event_json_marked([])
+        self.assertEqual((empty.json, empty.redaction_targets), ({}, frozenset()))
 
     async def test_missing_events_walk(self) -> None:
         store, room, events = await self._room()

@@ -68,7 +68,7 @@ from matrixfed.events.model import Event
 from matrixfed.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
 from matrixfed.events.signing import AUTHORISING_USER_KEY, sign_event
 from matrixfed.federation.server.endpoint import ApiRequest, Endpoint, JsonResponse
-from matrixfed.federation.server.queries import serve_stored_events
+from matrixfed.federation.server.queries import StateAnswer
 from matrixfed.rooms.acl import check_server_acl
 from matrixfed.rooms.engine import RoomEngine
 
@@ -456,33 +456,21 @@ class MembershipHandshakes:
         if omit_members:
             keep = set(await self._heroes(event.room_id, before, event.sender))
             state_ids = [eid for (t, _sk), eid in before.items() if t != MEMBER or eid in keep]
-        # One read for the state's rows, its auth chain and their redactions.
-        fetched = await self._store.get_event_json_with_auth_chain([*state_ids, event.event_id])
-        chain_ids = set(fetched.chain_ids)
-        chain_ids.update(event.auth_event_ids)
-        if omit_members:
-            chain_ids.difference_update(state_ids)
-        # The stored JSON texts go out as they are: a 10,000-member room is
-        # never decoded into Events nor encoded again (rawjson.py).
-        stored = fetched.json
-        targets: frozenset[str] | None = fetched.redaction_targets
-        unread = chain_ids.difference(stored)
-        # The join's own auth events are in its chain once it is stored;
-        # anything else named is read on its own (its redactions too).
-        extra = await self._store.get_event_json(unread) if unread else {}
-        if extra:
-            stored = {**stored, **extra}
-            targets = None
-        chain = sorted((e for e in chain_ids if e in stored), key=lambda e: (stored[e][0], e))
+        # Read in batches while the answer is sent: the stored JSON texts go
+        # out as they are (a 10,000-member room is never decoded into Events
+        # nor encoded again, rawjson.py).
+        answer = StateAnswer(
+            self._store,
+            state_ids,
+            chain_from=[*state_ids, event.event_id],
+            chain_extra=event.auth_event_ids,
+            chain_exclude=state_ids if omit_members else (),
+        )
         body: dict[str, Any] = {
             "origin": self._server_name,
             # Redacted where an accepted redaction applies, as /state serves them.
-            "state": await serve_stored_events(
-                self._store, stored, state_ids, redaction_targets=targets
-            ),
-            "auth_chain": await serve_stored_events(
-                self._store, stored, chain, redaction_targets=targets
-            ),
+            "state": answer.state(),
+            "auth_chain": answer.auth_chain(),
             "event": event.pdu,
             "members_omitted": omit_members,
         }

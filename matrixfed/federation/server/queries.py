@@ -22,9 +22,10 @@ room 404 ``M_NOT_FOUND``. Nothing here writes.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Container, Iterable, Mapping, Sequence
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from matrixfed.auth.power_levels import PowerLevels
@@ -34,12 +35,18 @@ from matrixfed.events.model import Event
 from matrixfed.events.redaction import redact
 from matrixfed.federation.server.auth import Clock
 from matrixfed.federation.server.endpoint import ApiRequest, Endpoint, JsonResponse
-from matrixfed.federation.server.rawjson import EncodedJsonArray
+from matrixfed.federation.server.rawjson import EncodedJsonArray, StreamedJsonArray
 from matrixfed.rooms.acl import check_server_acl
 from matrixfed.storage.persist import encode_pdu
 from matrixfed.storage.store import Store
 
-__all__ = ["ResidentQueries", "may_server_see_event", "serve_events", "visible_event_ids"]
+__all__ = [
+    "ResidentQueries",
+    "StateAnswer",
+    "may_server_see_event",
+    "serve_events",
+    "visible_event_ids",
+]
 
 log = Logger()
 
@@ -54,6 +61,9 @@ MAX_BACKFILL_LIMIT = 100
 # (the walk holds the events in memory).
 DEFAULT_MISSING_EVENTS_LIMIT = 10
 MAX_MISSING_EVENTS_LIMIT = 100
+# Events per batch (one transaction) of a streamed state answer: the first
+# bytes leave early, and per-transaction costs stay small.
+STATE_ANSWER_BATCH = 500
 # get_missing_events names at most this many events to start or stop at.
 MAX_MISSING_EVENTS_IDS = 1000
 
@@ -202,7 +212,7 @@ async def serve_stored_events(
             left out.
         redaction_targets: the events among them that a stored redaction
             targets, when the caller read them already
-            (``get_event_json_with_auth_chain``); None: looked up here.
+            (``get_event_json_marked``); None: looked up here.
 
     Returns:
         The PDUs as pre-encoded JSON: the stored text, or the redacted form
@@ -221,6 +231,82 @@ async def serve_stored_events(
             ev = events[eid]
             redacted[eid] = encode_pdu(redact(ev.pdu, ev.room_version))
     return EncodedJsonArray([redacted.get(e) or stored[e][1] for e in ids])
+
+
+class StateAnswer:
+    """A room state and its auth chain for a big answer (send_join, /state),
+    read in batches while the answer is being sent.
+
+    ``state()`` and ``auth_chain()`` are ``StreamedJsonArray`` values of the
+    texts ``serve_stored_events`` gives: the state's events in the given
+    order, then the auth chain of ``chain_from`` (plus ``chain_extra``, minus
+    ``chain_exclude``) oldest first. Each batch of state is read (one
+    transaction) while the one before it is encrypted and sent; the chain is
+    walked once the state is out.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        state_ids: Sequence[str],
+        *,
+        chain_from: Iterable[str],
+        chain_extra: Iterable[str] = (),
+        chain_exclude: Iterable[str] = (),
+    ) -> None:
+        self._store = store
+        self._state_ids = list(state_ids)
+        self._chain_from = list(chain_from)
+        self._chain_extra = list(chain_extra)
+        self._chain_exclude = set(chain_exclude)
+
+    def state(self) -> StreamedJsonArray:
+        """The state's PDUs."""
+        return StreamedJsonArray(self._state_batches())
+
+    def auth_chain(self) -> StreamedJsonArray:
+        """The auth chain's PDUs, oldest first."""
+        return StreamedJsonArray(self._chain_batches())
+
+    async def _served(self, ids: list[str]) -> list[str]:
+        stored = await self._store.get_event_json_marked(ids)
+        served = await serve_stored_events(
+            self._store, stored.json, ids, redaction_targets=stored.redaction_targets
+        )
+        return served.texts
+
+    async def _state_batches(self) -> AsyncGenerator[list[str], None]:
+        ids = self._state_ids
+        batches = [ids[i : i + STATE_ANSWER_BATCH] for i in range(0, len(ids), STATE_ANSWER_BATCH)]
+        pending: Deferred[list[str]] | None = None
+        try:
+            for i in range(len(batches)):
+                if pending is None:
+                    pending = Deferred.fromCoroutine(self._served(batches[i]))
+                texts = await pending
+                # The next batch is read while this one is sent.
+                pending = (
+                    Deferred.fromCoroutine(self._served(batches[i + 1]))
+                    if i + 1 < len(batches)
+                    else None
+                )
+                yield texts
+        finally:
+            if pending is not None:
+                # Nobody waits for it any more (the client went away).
+                pending.addErrback(lambda _: None)
+
+    async def _chain_batches(self) -> AsyncGenerator[list[str], None]:
+        chain_ids = await self._store.get_auth_chain_ids(self._chain_from)
+        chain_ids.update(self._chain_extra)
+        chain_ids.difference_update(self._chain_exclude)
+        stored = await self._store.get_event_json_marked(chain_ids)
+        texts = stored.json
+        chain = sorted((e for e in chain_ids if e in texts), key=lambda e: (texts[e][0], e))
+        served = await serve_stored_events(
+            self._store, texts, chain, redaction_targets=stored.redaction_targets
+        )
+        yield served.texts
 
 
 class ResidentQueries:
@@ -301,23 +387,12 @@ class ResidentQueries:
         """``GET /state/{roomId}?event_id=``: ``{pdus, auth_chain}``.
 
         A whole room's state (a partial-state joiner's resync asks for it):
-        served from the stored JSON texts like send_join, in one read.
+        the stored JSON texts, read in batches while they are sent, like
+        send_join's.
         """
         state_ids = await self._state_at(request)
-        fetched = await self._store.get_event_json_with_auth_chain(state_ids)
-        stored = fetched.json
-        chain = sorted(
-            (e for e in fetched.chain_ids if e in stored), key=lambda e: (stored[e][0], e)
-        )
-        targets = fetched.redaction_targets
-        return 200, {
-            "pdus": await serve_stored_events(
-                self._store, stored, state_ids, redaction_targets=targets
-            ),
-            "auth_chain": await serve_stored_events(
-                self._store, stored, chain, redaction_targets=targets
-            ),
-        }
+        answer = StateAnswer(self._store, state_ids, chain_from=state_ids)
+        return 200, {"pdus": answer.state(), "auth_chain": answer.auth_chain()}
 
     async def on_state_ids(self, request: ApiRequest) -> JsonResponse:
         """``GET /state_ids/{roomId}?event_id=``: ``{pdu_ids, auth_chain_ids}``."""

@@ -36,7 +36,7 @@ from matrixfed import __version__
 from matrixfed.errors import MatrixError, unrecognized
 from matrixfed.federation.server.auth import RequestAuthenticator
 from matrixfed.federation.server.endpoint import ApiRequest, AuthMode, Endpoint, JsonResponse
-from matrixfed.federation.server.rawjson import encode_body
+from matrixfed.federation.server.rawjson import encode_body, encoded_chunks, has_streams
 
 __all__ = ["JsonResource", "LimitedRequest", "make_site"]
 
@@ -233,6 +233,11 @@ class JsonResource(Resource):
 
     def _send(self, request: server.Request, resp: JsonResponse, finished: list[bool]) -> None:
         code, body = resp
+        if has_streams(body):
+            # Written as its parts are read (send_join of a big room); the
+            # request's Deferred chain is done with this answer either way.
+            Deferred.fromCoroutine(_write_streamed(request, code, body, finished))
+            return
         _write_json(request, code, body, finished)
 
     def _send_failure(
@@ -273,6 +278,52 @@ def _parse_body(request: Any) -> Any:
         raise MatrixError(400, "M_NOT_JSON", "Content not JSON.") from None
 
 
+def _set_headers(request: Any, code: int) -> None:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-cache, no-store, must-revalidate")
+    request.setHeader(b"server", SERVER_HEADER)
+    if getattr(request, "body_too_large", False):
+        # The rest of an oversized body may still be arriving: don't reuse the connection.
+        request.setHeader(b"connection", b"close")
+
+
+async def _write_streamed(request: Any, code: int, body: Any, finished: list[bool]) -> None:
+    """Write an answer holding ``StreamedJsonArray`` values as they come.
+
+    No content-length (HTTP/1.1 chunked encoding). A failure before the
+    first chunk answers 500 like any handler failure; after it, the
+    connection is dropped so the client sees a cut-off answer, never a
+    complete-looking wrong one.
+    """
+    chunks = encoded_chunks(body)
+    started = False
+    try:
+        if finished[0]:
+            return
+        async for data in chunks:
+            if not started:
+                _set_headers(request, code)
+                started = True
+            request.write(data)
+            if finished[0]:
+                # The client went away; stop reading.
+                return
+    except Exception:
+        log.failure("Streaming the answer of {path} failed", path=request.path)
+        if not started:
+            _write_json(
+                request, 500, {"errcode": "M_UNKNOWN", "error": "Internal server error"}, finished
+            )
+        elif not finished[0]:
+            request.loseConnection()
+        return
+    finally:
+        await chunks.aclose()
+    if not finished[0]:
+        request.finish()
+
+
 def _write_json(request: Any, code: int, body: Any, finished: list[bool]) -> None:
     if finished[0]:
         # The client went away; nothing to answer.
@@ -284,13 +335,7 @@ def _write_json(request: Any, code: int, body: Any, finished: list[bool]) -> Non
         log.failure("Response body of {path} is not JSON-serialisable", path=request.path)
         code = 500
         data = b'{"errcode":"M_UNKNOWN","error":"Internal server error"}'
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-cache, no-store, must-revalidate")
-    request.setHeader(b"server", SERVER_HEADER)
-    if getattr(request, "body_too_large", False):
-        # The rest of an oversized body may still be arriving: don't reuse the connection.
-        request.setHeader(b"connection", b"close")
+    _set_headers(request, code)
     request.setHeader(b"content-length", str(len(data)).encode("ascii"))
     request.write(data)
     request.finish()

@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from matrixfed.events.room_versions import get_room_version
 from matrixfed.federation.server.membership import MembershipHandshakes
-from matrixfed.federation.server.rawjson import encode_body
+from matrixfed.federation.server.rawjson import encode_body, resolve_streams
 from tests.auth.roombuilder import RoomBuilder
 from tests.federation.server.resident import (
     ALICE,
@@ -108,9 +108,9 @@ class MembershipCase(ResidentMixin, unittest.TestCase):
             )
         )
         self.assertEqual(code, 200)
-        # As the remote server receives it (big event arrays are spliced in as
-        # stored JSON text by the resource layer).
-        return json.loads(encode_body(body))
+        # As the remote server receives it (big event arrays are read in
+        # batches and spliced in as stored JSON text by the resource layer).
+        return json.loads(encode_body(await resolve_streams(body)))
 
     async def join(self, room_id: str, user_id: str = BOB, **kw: Any) -> dict[str, Any]:
         made = await self.make(room_id, user_id)

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from matrixfed.events.room_versions import get_room_version
 from matrixfed.federation.server.membership import MembershipHandshakes
 from matrixfed.federation.server.queries import ResidentQueries
-from matrixfed.federation.server.rawjson import encode_body
+from matrixfed.federation.server.rawjson import encode_body, resolve_streams
 from tests.federation.server.resident import (
     ALICE,
     BOB,
@@ -153,8 +153,9 @@ class AnswerTests(QueriesCase):
         code, full = await self.q.on_state(
             self.get("/state/{roomId}", {"roomId": room_id}, event_id=msg)
         )
-        # As the remote server receives it (spliced from the stored texts).
-        full = json.loads(encode_body(full))
+        # As the remote server receives it (read in batches, spliced from the
+        # stored texts).
+        full = json.loads(encode_body(await resolve_streams(full)))
         schema = load_response_schema("events.yaml", "/state/{roomId}", "get")
         self.assertEqual(check_schema(full, schema), [])
         self.assertEqual({event_id_of(p, self.rv) for p in full["pdus"]}, set(ids["pdu_ids"]))
@@ -242,7 +243,7 @@ class AnswerTests(QueriesCase):
         code, body = await self.q.on_state(
             self.get("/state/{roomId}", {"roomId": room_id}, event_id=msg)
         )
-        body = json.loads(encode_body(body))
+        body = json.loads(encode_body(await resolve_streams(body)))
         pdus = {event_id_of(p, self.rv): p for p in body["pdus"]}
         chain = {event_id_of(p, self.rv): p for p in body["auth_chain"]}
         self.assertEqual(pdus[topic.event_id]["content"], {})

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncGenerator
 
 from twisted.trial import unittest
 
-from matrixfed.federation.server.rawjson import EncodedJsonArray, encode_body
+from matrixfed.federation.server.rawjson import (
+    EncodedJsonArray,
+    StreamedJsonArray,
+    encode_body,
+    encoded_chunks,
+    resolve_streams,
+)
 
 PDUS = [{"type": "m.room.create", "content": {"name": "caf\u00e9 \u2603"}}, {"depth": 2}]
 
@@ -58,3 +65,35 @@ class EncodeBodyTests(unittest.TestCase):
         self.assertEqual(array[-1:], [{"depth": 2}])
         self.assertEqual(array, PDUS)
         self.assertNotEqual(array, PDUS[:1])
+
+
+async def _batches(*batches: list[str]) -> AsyncGenerator[list[str], None]:
+    for batch in batches:
+        yield batch
+
+
+def _streamed(*batches: list[str]) -> StreamedJsonArray:
+    return StreamedJsonArray(_batches(*batches))
+
+
+class StreamedArrayTests(unittest.TestCase):
+    async def test_chunks_join_to_what_encode_body_gives_once_resolved(self) -> None:
+        t = texts().texts
+        for make in [
+            lambda: {"origin": "o", "state": _streamed(t[:1], [], t[1:]), "e": _streamed()},
+            lambda: [200, {"state": _streamed([], t), "x": texts(), "y": "\u00e9"}],
+            lambda: [_streamed(t), 1, _streamed([], [])],
+        ]:
+            chunks = [c async for c in encoded_chunks(make())]
+            self.assertEqual(b"".join(chunks), encode_body(await resolve_streams(make())))
+        # One chunk per non-empty batch, the text before each stream with its first.
+        chunks = [c async for c in encoded_chunks({"a": _streamed(t[:1], [], t[1:]), "b": 2})]
+        self.assertEqual(len(chunks), 3)
+        self.assertEqual(json.loads(b"".join(chunks)), {"a": PDUS, "b": 2})
+
+    async def test_streams_are_read_once_and_not_plain_json(self) -> None:
+        array = _streamed(texts().texts)
+        self.assertRaises(TypeError, encode_body, {"state": array})
+        self.assertEqual(list(await array.collect()), PDUS)
+        with self.assertRaises(RuntimeError):
+            await array.collect()

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
+from twisted.web.client import Agent, PartialDownloadError, ResponseFailed, readBody
+from twisted.web.http_headers import Headers
 
 from matrixfed.errors import MatrixError
 from matrixfed.federation.server.auth import RequestAuthenticator
 from matrixfed.federation.server.endpoint import ApiRequest, AuthMode, Endpoint, JsonResponse
 from matrixfed.federation.server.keys import LocalKeyServer
-from matrixfed.federation.server.resource import JsonResource
+from matrixfed.federation.server.rawjson import StreamedJsonArray
+from matrixfed.federation.server.resource import JsonResource, _write_streamed
 from matrixfed.federation.server.version import version_endpoints
 from matrixfed.keys.signing_key import ServerSigningKeys
 from tests.federation.server.helpers import FakeKeyRing, FakeRemoteServer, Listener
@@ -262,6 +268,100 @@ class HandlerErrorTests(ResourceTestCase):
         self.assertEqual(
             await self.signed("GET", "/_matrix/federation/v1/arr"), (200, [200, {"state": []}])
         )
+
+
+async def _batches(
+    *batches: list[str], fail_after: int | None = None
+) -> AsyncGenerator[list[str], None]:
+    for i, batch in enumerate(batches):
+        if fail_after is not None and i == fail_after:
+            raise RuntimeError("store gone")
+        await deferLater(reactor, 0, lambda: None)
+        yield batch
+
+
+class StreamedAnswerTests(ResourceTestCase):
+    async def _serve(self, body: Any) -> None:
+        async def streamed(request: ApiRequest) -> JsonResponse:
+            return 200, body
+
+        self.resource.add_endpoints([Endpoint("GET", "/_matrix/federation/v1/big", streamed)])
+
+    async def test_batches_arrive_as_one_answer(self) -> None:
+        items = [{"n": i, "s": "caf\u00e9"} for i in range(5)]
+        texts = [json.dumps(i, separators=(",", ":")) for i in items]
+        state = StreamedJsonArray(_batches(texts[:2], [], texts[2:]))
+        chain = StreamedJsonArray(_batches())
+        await self._serve([200, {"origin": "o", "state": state, "chain": chain, "x": [1]}])
+        header = self.remote.auth_header(OURS, "GET", "/_matrix/federation/v1/big", None)
+        response = await Agent(reactor).request(
+            b"GET",
+            (self.listener.base + "/_matrix/federation/v1/big").encode(),
+            Headers({"Authorization": [header]}),
+        )
+        self.assertEqual(response.code, 200)
+        # Sent before its end was read: no content-length (chunked instead).
+        self.assertIsNone(response.headers.getRawHeaders(b"content-length"))
+        decoded = json.loads(await readBody(response))
+        self.assertEqual(decoded, [200, {"origin": "o", "state": items, "chain": [], "x": [1]}])
+
+    async def test_failure_before_the_first_batch_is_a_500(self) -> None:
+        await self._serve({"state": StreamedJsonArray(_batches(["1"], fail_after=0))})
+        code, body = await self.signed("GET", "/_matrix/federation/v1/big")
+        self.assertEqual((code, body["errcode"]), (500, "M_UNKNOWN"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    async def test_failure_after_the_first_batch_cuts_the_answer(self) -> None:
+        # The status is out already: the client must not get a complete-looking answer.
+        await self._serve({"state": StreamedJsonArray(_batches(["1"], ["2"], fail_after=1))})
+        with self.assertRaises((ResponseFailed, PartialDownloadError)):
+            await self.signed("GET", "/_matrix/federation/v1/big")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class _Sink:
+    """The parts of a request ``_write_streamed`` uses; the client leaves
+    after the first write."""
+
+    path = b"/big"
+
+    def __init__(self, finished: list[bool]) -> None:
+        self.finished = finished
+        self.written: list[bytes] = []
+        self.done = False
+
+    def setResponseCode(self, code: int) -> None:
+        self.code = code
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+        self.finished[0] = True
+
+    def finish(self) -> None:
+        self.done = True
+
+
+class StreamedAnswerClientGoneTests(unittest.TestCase):
+    async def test_reading_stops_when_the_client_goes_away(self) -> None:
+        read: list[int] = []
+        closed: list[bool] = []
+
+        async def source() -> AsyncGenerator[list[str], None]:
+            try:
+                for i in range(5):
+                    read.append(i)
+                    yield [str(i)]
+            finally:
+                closed.append(True)
+
+        finished = [False]
+        sink = _Sink(finished)
+        await _write_streamed(sink, 200, {"state": StreamedJsonArray(source())}, finished)
+        self.assertEqual((sink.written, sink.done), ([b'{"state":[0'], False))
+        self.assertEqual((read, closed), ([0], [True]))
 
 
 class RegistrationTests(unittest.TestCase):
