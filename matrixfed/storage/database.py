@@ -136,14 +136,24 @@ class _CopyTextReader:
 
     The server parses and indexes each chunk while the next one is built, so
     the two overlap instead of the whole batch being formatted first.
+    psycopg2 turns an exception raised by ``read`` into a ``QueryCanceled``;
+    the original is kept in ``error`` for ``copy_rows`` to raise instead.
     """
 
-    __slots__ = ("_rows",)
+    __slots__ = ("_rows", "error")
 
     def __init__(self, rows: Iterable[Sequence[Any]]) -> None:
         self._rows = iter(rows)
+        self.error: BaseException | None = None
 
     def read(self, size: int = -1) -> str:
+        try:
+            return self._read(size)
+        except BaseException as e:
+            self.error = e
+            raise
+
+    def _read(self, size: int) -> str:
         # Only values holding a backslash, tab, newline or CR need escaping;
         # finding them is one C-level regex search.
         dirty = _COPY_DIRTY
@@ -248,11 +258,16 @@ class Transaction:
             it = iter(rows)
             first = next(it, None)
             if first is not None:
-                self._cursor.copy_expert(
-                    f"COPY {table} ({cols}) FROM STDIN",
-                    _CopyTextReader(chain((first,), it)),
-                    PG_COPY_CHUNK_CHARS,
-                )
+                reader = _CopyTextReader(chain((first,), it))
+                try:
+                    self._cursor.copy_expert(
+                        f"COPY {table} ({cols}) FROM STDIN", reader, PG_COPY_CHUNK_CHARS
+                    )
+                except Exception:
+                    # The rows failed, not the database: raise what they raised.
+                    if reader.error is not None:
+                        raise reader.error from None
+                    raise
         else:
             width = len(columns)
             per = max(1, min(SQLITE_COPY_ROWS_PER_INSERT, SQLITE_MAX_PARAMS // width))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from twisted.internet import reactor
@@ -225,6 +225,17 @@ class DatabaseTestsMixin:
         more = [(f"$f{i:05}", "$a0") for i in range(n)] + [rows[0]]
         with t.assertRaises(Exception):  # noqa: B017 (sqlite3 or psycopg2 error)
             await db.run_interaction("dup", lambda txn: txn.copy_rows("event_auth", AUTH, more))
+        t.assertEqual(await db.run_interaction("read", read), rows)
+
+        # So does an error while the rows are being made, half way through.
+        def failing() -> Iterator[tuple[str, str]]:
+            yield from more[:n]
+            raise ValueError("no more rows")
+
+        with t.assertRaises(ValueError):
+            await db.run_interaction(
+                "gen", lambda txn: txn.copy_rows("event_auth", AUTH, failing())
+            )
         t.assertEqual(await db.run_interaction("read", read), rows)
 
     async def test_allocate_ids_monotonic(self) -> None:
