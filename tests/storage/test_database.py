@@ -340,10 +340,20 @@ class DatabaseSqliteTests(SqliteMixin, DatabaseTestsMixin, unittest.TestCase):
         self.assertEqual(
             [c.getTime() for c in clock.getDelayedCalls()], [SQLITE_CHECKPOINT_INTERVAL_SECONDS]
         )
+        rows = [(f"#a{i}:x", "!r:x", "[]") for i in range(100)]
+        await db.run_interaction(
+            "fill",
+            lambda txn: txn.copy_rows("room_aliases", ("room_alias", "room_id", "servers"), rows),
+        )
         db.close()
         self.assertEqual(clock.getDelayedCalls(), [])
         with self.assertRaises(RuntimeError):
             db.checkpoint_wal()
+        # Both connections are closed, the last one checkpointed everything:
+        # no WAL is left and the file alone holds the rows.
+        self.assertFalse(os.path.exists(self._sqlite_path + "-wal"))
+        db2 = await self.make_database(clock=Clock())
+        self.assertEqual(await db2.run_interaction("c", _count, "room_aliases"), 100)
 
     async def test_memory_database_has_no_checkpoint_timer(self) -> None:
         clock = Clock()
