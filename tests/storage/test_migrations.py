@@ -1,4 +1,5 @@
-"""Tests for the schema migrations that rebuild tables of an existing database."""
+"""Tests for the schema migrations that rebuild tables of an existing database
+(0009 and 0011: the key tables' SQLite storage layout)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from twisted.trial import unittest
 from matrixfed.storage.database import Database, Transaction
 from tests.storage.harness import PostgresMixin, SqliteMixin
 
-# Rows of each table 0009 rebuilds, as written before the migration.
+# Rows of each table 0009 (and 0011) rebuild, as written before the migrations.
 ROWS: dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]] = {
     "event_edges": (
         ("event_id", "prev_event_id"),
@@ -31,6 +32,8 @@ ROWS: dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]] = {
 
 # The secondary indexes of those tables (0001), kept by the rebuild.
 INDEXES = {"event_edges": "event_edges_prev"}
+# The tables stored WITHOUT ROWID on SQLite in the end (0011 took event_edges back).
+WITHOUT_ROWID = {"event_auth", "state_groups_state"}
 
 
 def _insert_all(txn: Transaction) -> None:
@@ -52,7 +55,7 @@ def _versions(txn: Transaction) -> list[tuple[int, str]]:
 
 
 class KeyTablesMigrationTestsMixin:
-    """0009: the key tables survive the rebuild with their rows, keys and indexes."""
+    """0009 and 0011: the key tables survive the rebuilds with their rows, keys and indexes."""
 
     engine: str
     make_database: Callable[..., Awaitable[Database]]
@@ -82,10 +85,9 @@ class KeyTablesMigrationTestsMixin:
         old.close()
 
         db = await self.make_database()
-        t.assertIn(
-            (9, f"0009_key_tables_without_rowid.{self.engine}.sql"),
-            await db.run_interaction("v", _versions),
-        )
+        versions = await db.run_interaction("v", _versions)
+        t.assertIn((9, f"0009_key_tables_without_rowid.{self.engine}.sql"), versions)
+        t.assertIn((11, f"0011_event_edges_rowid_again.{self.engine}.sql"), versions)
         t.assertEqual(await db.run_interaction("read", _read_all), before)
         t.assertEqual(
             {k: sorted(v) for k, v in before.items()},
@@ -101,7 +103,7 @@ class KeyTablesMigrationTestsMixin:
 
 
 class KeyTablesMigrationSqliteTests(SqliteMixin, KeyTablesMigrationTestsMixin, unittest.TestCase):
-    async def test_tables_are_without_rowid_with_their_indexes(self) -> None:
+    async def test_storage_layout_and_indexes(self) -> None:
         db = await self.make_database()
 
         def master(txn: Transaction) -> dict[str, str]:
@@ -110,7 +112,7 @@ class KeyTablesMigrationSqliteTests(SqliteMixin, KeyTablesMigrationTestsMixin, u
 
         found = await db.run_interaction("master", master)
         for table in ROWS:
-            self.assertIn("WITHOUT ROWID", found[table], table)
+            self.assertEqual("WITHOUT ROWID" in found[table], table in WITHOUT_ROWID, table)
         for table, index in INDEXES.items():
             self.assertIn(f"ON {table} ", found[index])
         self.assertFalse([n for n in found if n.endswith("_new")])

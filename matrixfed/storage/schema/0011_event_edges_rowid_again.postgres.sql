@@ -1,0 +1,3 @@
+-- 0011 (PostgreSQL): nothing to do. The SQLite twin turns event_edges back
+-- into a rowid table (a storage layout only SQLite has); its columns, key and
+-- index stay what 0001 made them, the same on both engines.
