@@ -99,7 +99,7 @@ class ProcessCheckPool:
         """Stop the workers; chunks still queued are cancelled."""
         executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            _shut_down(executor)
 
     async def check_chunk(
         self, chunk: Sequence[Any], room_version: RoomVersion, keys: KeyMap
@@ -138,7 +138,22 @@ class ProcessCheckPool:
         if self._executor is executor:
             self._executor = None
         log.warn("join worker processes discarded; the next big join starts new ones")
-        executor.shutdown(wait=False, cancel_futures=True)
+        _shut_down(executor)
+
+
+def _shut_down(executor: ProcessPoolExecutor) -> None:
+    """Stop ``executor`` and its workers now, without waiting for them.
+
+    ``shutdown(wait=False)`` alone leaves workers blocked on their queue
+    when the program exits right after (seen under twistd: they outlived
+    it and kept its output pipes open), so each worker is also terminated;
+    a worker holds nothing that needs a clean exit.
+    """
+    workers = list(getattr(executor, "_processes", {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
 
 
 def _deferred_from_future(reactor: Any, future: Future[Any]) -> Deferred[Any]:
