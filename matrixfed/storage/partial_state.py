@@ -42,6 +42,7 @@ from matrixfed.storage.persist import (
     EVENTS_STREAM,
     EventWithContext,
     PersistedEvent,
+    _lock_room,
     _persist_txn,
 )
 from matrixfed.storage.state import (
@@ -146,14 +147,8 @@ class PartialStateStoreMixin(StoreBase):
         event_cache = self._event_cache
 
         def txn_fn(txn: Transaction) -> tuple[list[PersistedEvent], int | None]:
-            lock = " FOR UPDATE" if txn.engine == "postgres" else ""
-            txn.execute(
-                f"SELECT current_state_group FROM rooms WHERE room_id = ?{lock}", (room_id,)
-            )
-            row = txn.fetchone()
-            if row is None:
-                raise ValueError(f"unknown room {room_id}")
-            old_cur = None if row[0] is None else int(row[0])
+            # Locks the room row (and raises ValueError for an unknown room).
+            old_cur = _lock_room(txn, room_id, [], received_ts)
             persisted = _persist_txn(
                 txn,
                 room_id,

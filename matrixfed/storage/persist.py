@@ -38,7 +38,6 @@ the global counter's lock is held only for the final inserts.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -46,6 +45,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from matrixfed.events.model import Event
+from matrixfed.events.storedjson import encode_pdu
 from matrixfed.storage.base import StoreBase
 from matrixfed.storage.cache import LruCache
 from matrixfed.storage.database import Transaction
@@ -128,15 +128,6 @@ def _in(n: int) -> str:
 
 def _chunks(seq: Sequence[Any]) -> list[Sequence[Any]]:
     return [seq[i : i + SQL_CHUNK] for i in range(0, len(seq), SQL_CHUNK)]
-
-
-# One encoder for every row (json.dumps with options builds a new one per call).
-# ensure_ascii: no raw NULs or lone surrogates reach the database.
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def encode_pdu(pdu: Mapping[str, Any]) -> str:
-    return _ENCODE(pdu)
 
 
 class PersistEventsMixin(StoreBase):

@@ -33,11 +33,11 @@ from matrixfed.errors import MatrixError, bad_json, forbidden, invalid_param, no
 from matrixfed.events.identifiers import domain_of
 from matrixfed.events.model import Event
 from matrixfed.events.redaction import redact
+from matrixfed.events.storedjson import encode_pdu
 from matrixfed.federation.server.auth import Clock
 from matrixfed.federation.server.endpoint import ApiRequest, Endpoint, JsonResponse
 from matrixfed.federation.server.rawjson import EncodedJsonArray, StreamedJsonArray
 from matrixfed.rooms.acl import check_server_acl
-from matrixfed.storage.persist import encode_pdu
 from matrixfed.storage.store import Store
 
 __all__ = [
